@@ -1,0 +1,19 @@
+"""User-facing errors. Every error a user can cause is an :class:`EbrError` with a message that names what is wrong
+and what is supported; the CLI prints it as one line."""
+from __future__ import annotations
+
+
+class EbrError(ValueError):
+    """A problem with the user's model, input or options."""
+
+
+class UnsupportedOpError(EbrError):
+    """The backward walk met an op that has no rule."""
+
+    def __init__(self, node_name: str, op_type: str, supported: list[str], mode: str) -> None:
+        self.node_name = node_name
+        self.op_type = op_type
+        super().__init__(
+            f"node {node_name!r} has op type {op_type!r}, which has no {mode} rule; "
+            f"supported op types: {', '.join(sorted(supported))}"
+        )

@@ -1,0 +1,97 @@
+"""The forward pass: one onnxruntime session per set of captured tensors, created once and reused.
+
+Only the tensors the rules read are exposed as extra outputs (exposing every intermediate of VGG-16 costs about
+115 MB per frame); with extra outputs the session is built at ``ORT_ENABLE_EXTENDED``, which keeps memory close to the
+plain forward's (see ``shared/notes/environment.md``).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .backend import ort_providers
+from .errors import EbrError
+from .graph import ModelGraph
+
+
+class ForwardRunner:
+    """Runs the model in onnxruntime and returns the requested tensors (graph outputs or intermediates)."""
+
+    def __init__(self, graph: ModelGraph, device: str = "cpu", threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EbrError("onnxruntime is not installed: pip install -e '.[cpu]' (or '.[gpu]')") from exc
+        self._ort = ort
+        self.graph = graph
+        self.device = device
+        self.threads = threads
+        self._sessions: dict[tuple[str, ...], object] = {}
+
+    def _session(self, outputs: tuple[str, ...]):
+        if outputs in self._sessions:
+            return self._sessions[outputs]
+        ort = self._ort
+        model = self.graph.model
+        declared = {o.name for o in model.graph.output}
+        extra = [name for name in outputs if name not in declared]
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if extra else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
+        added = 0
+        try:
+            for name in extra:
+                model.graph.output.append(
+                    onnx.helper.make_tensor_value_info(name, self.graph.elem_types.get(name) or onnx.TensorProto.FLOAT, None)
+                )
+                added += 1
+            payload = model.SerializeToString()
+        finally:
+            for _ in range(added):
+                model.graph.output.pop()
+        try:
+            session = ort.InferenceSession(payload, options, providers=ort_providers(self.device))
+        except Exception as exc:
+            raise EbrError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+        if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            warnings.warn("onnxruntime has no CUDA provider here: the forward pass runs on the CPU", stacklevel=3)
+        self._sessions[outputs] = session
+        return session
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Forward ``feeds`` and return ``outputs`` by name; inputs and constants among them are returned directly."""
+        direct = {name: feeds[name] for name in outputs if name in feeds}
+        direct.update({name: self.graph.constant(name) for name in outputs
+                       if name not in direct and self.graph.is_constant(name)})
+        wanted = tuple(sorted({name for name in outputs if name not in direct}))
+        if not wanted:
+            return direct
+        session = self._session(wanted)
+        self._check_feeds(session, feeds)
+        try:
+            values = session.run(list(wanted), dict(feeds))
+        except Exception as exc:
+            raise EbrError(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
+        direct.update(zip(wanted, values))
+        return direct
+
+    @staticmethod
+    def _check_feeds(session, feeds: Mapping[str, np.ndarray]) -> None:
+        for spec in session.get_inputs():
+            if spec.name not in feeds:
+                raise EbrError(f"the model needs an input {spec.name!r} of shape {spec.shape}; none was given")
+            shape = np.shape(feeds[spec.name])
+            expected = spec.shape
+            if len(shape) != len(expected) or any(
+                isinstance(e, int) and e != s for e, s in zip(expected, shape)
+            ):
+                raise EbrError(
+                    f"input {spec.name!r} has shape {tuple(shape)}, but the model expects {tuple(expected)} "
+                    "(strings are free dimensions)"
+                )

@@ -1,0 +1,278 @@
+"""Loading an ONNX model into a graph the backward walk can use.
+
+The model is checked with the onnx checker, its shapes are inferred on a copy without the large weights, and its nodes
+become a :mod:`networkx` DiGraph (one vertex per node, one edge per tensor from producer to consumer). Which tensors
+carry *signal* is a property of a walk: the tensors computed from the explained input through ops that pass values on
+(shape-computing side graphs — ``Shape``, ``Size`` and what is computed from them — and integer tensors carry none).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import EbrError
+
+#: Ops whose outputs describe a tensor's shape, not its values: signal stops there.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+#: Ops whose outputs never depend on the values of their inputs.
+VALUE_FREE_OPS = SHAPE_OPS | {"ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike"}
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+)
+#: Initializers larger than this are left out of the copy used for shape inference.
+_LIGHT_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Node:
+    """One ONNX node with its attributes parsed into Python values (tensors as NumPy arrays)."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(hash=False, compare=False)
+    index: int = 0
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+
+def _parse_attrs(proto: onnx.NodeProto) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for a in proto.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        attrs[a.name] = value
+    return attrs
+
+
+def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Read a model from a path (or take a ModelProto), with a clear error for anything that is not ONNX."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise EbrError(f"model file {str(path)!r} does not exist")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-derived errors, etc.
+        raise EbrError(f"{str(path)!r} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not proto.graph.node:
+        raise EbrError(f"{str(path)!r} is not an ONNX model (no graph nodes found)")
+    return proto
+
+
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model whose large initializers are declared as typed graph inputs instead of stored.
+
+    Shape inference on it costs milliseconds and no weight copies; small integer initializers (shape constants) keep
+    their data so that data-propagating shape inference still resolves ``Reshape`` targets.
+    """
+    light = onnx.ModelProto()
+    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import))
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        size = int(np.prod(init.dims)) if init.dims else 1
+        if size <= _LIGHT_LIMIT or init.data_type not in _FLOAT_TYPES:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    light.ir_version = max(model.ir_version, 4)
+    return light
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+
+
+class ModelGraph:
+    """An ONNX model as nodes, tensors, constants and inferred shapes, with a networkx view for the walk."""
+
+    def __init__(self, model: str | Path | onnx.ModelProto, *, check: bool = True) -> None:
+        self.model = load_onnx(model)
+        if check:
+            try:
+                onnx.checker.check_model(self.model)
+            except onnx.checker.ValidationError as exc:
+                raise EbrError(f"the model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+        self.opset = next(
+            (o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0
+        )
+        g = self.model.graph
+        used: set[str] = set()
+        nodes: list[Node] = []
+        for i, proto in enumerate(g.node):
+            name = proto.name or f"{proto.op_type}_{i}"
+            while name in used:
+                name = f"{name}_{i}"
+            used.add(name)
+            nodes.append(
+                Node(name, proto.op_type, proto.domain, tuple(proto.input), tuple(proto.output), _parse_attrs(proto), i)
+            )
+        self.nodes = nodes
+        self.node_by_name = {n.name: n for n in nodes}
+        self.producer: dict[str, Node] = {o: n for n in nodes for o in n.outputs if o}
+        self.consumers: dict[str, list[Node]] = {}
+        for n in nodes:
+            for t in n.inputs:
+                if t:
+                    self.consumers.setdefault(t, []).append(n)
+        self._initializers = {init.name: init for init in g.initializer}
+        self.inputs = [i.name for i in g.input if i.name not in self._initializers]
+        self.outputs = [o.name for o in g.output]
+        self.metadata = {p.key: p.value for p in self.model.metadata_props}
+        self._constants: dict[str, np.ndarray] = {}
+        for n in nodes:
+            if n.op_type == "Constant" and n.outputs:
+                self._constants[n.outputs[0]] = self._constant_attr(n)
+        self.shapes, self.elem_types = self._infer_shapes(self.model)
+        self.nx = nx.DiGraph()
+        self.nx.add_nodes_from(n.name for n in nodes)
+        for n in nodes:
+            for t in n.inputs:
+                if t in self.producer:
+                    self.nx.add_edge(self.producer[t].name, n.name, tensor=t)
+        self.topological = [self.node_by_name[name] for name in nx.lexicographical_topological_sort(
+            self.nx, key=lambda name: self.node_by_name[name].index)]
+
+    # -- constants ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _constant_attr(node: Node) -> np.ndarray:
+        for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        raise EbrError(f"Constant node {node.name!r} has an attribute form ebr_onnx does not read: {list(node.attrs)}")
+
+    def is_constant(self, name: str) -> bool:
+        return name in self._initializers or name in self._constants
+
+    def constant(self, name: str) -> np.ndarray:
+        """The value of an initializer or ``Constant`` output (converted once, then cached)."""
+        if name not in self._constants:
+            if name not in self._initializers:
+                raise KeyError(name)
+            self._constants[name] = numpy_helper.to_array(self._initializers[name])
+        return self._constants[name]
+
+    # -- shapes ---------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple | None], dict[str, int]]:
+        light = _light_copy(model)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        except Exception:  # a model that onnx cannot infer still runs in onnxruntime; shapes come from captures then
+            inferred = light
+        shapes: dict[str, tuple | None] = {}
+        types: dict[str, int] = {}
+        gi = inferred.graph
+        for vi in list(gi.input) + list(gi.value_info) + list(gi.output):
+            shapes[vi.name] = _dims(vi)
+            types[vi.name] = vi.type.tensor_type.elem_type
+        for init in model.graph.initializer:
+            shapes[init.name] = tuple(init.dims)
+            types[init.name] = init.data_type
+        return shapes, types
+
+    def concrete_shapes(self, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Fully known tensor shapes for these input shapes (data-propagating inference on the weightless copy)."""
+        key = tuple(sorted(input_shapes.items()))
+        cache = self.__dict__.setdefault("_concrete_cache", {})
+        if key in cache:
+            return cache[key]
+        light = _light_copy(self.model)
+        for vi in light.graph.input:
+            if vi.name in input_shapes:
+                dims = vi.type.tensor_type.shape.dim
+                for d, size in zip(dims, input_shapes[vi.name]):
+                    d.Clear()
+                    d.dim_value = int(size)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        except Exception:
+            inferred = light
+        out: dict[str, tuple[int, ...]] = {}
+        g = inferred.graph
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            dims = _dims(vi)
+            if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+                out[vi.name] = tuple(dims)  # type: ignore[arg-type]
+        out.update({k: tuple(v.shape) for k, v in self._constants.items()})
+        cache[key] = out
+        return out
+
+    def is_float(self, name: str) -> bool:
+        """Whether a tensor holds floating-point values (unknown types count as float)."""
+        t = self.elem_types.get(name, 0)
+        return t == 0 or t in _FLOAT_TYPES
+
+    # -- signal paths ---------------------------------------------------------------------------------------------
+    def signal_tensors(self, sources: Iterable[str]) -> set[str]:
+        """Tensors whose values depend on the values of ``sources`` (forward, in topological order)."""
+        signal = set(sources)
+        for n in self.topological:
+            if n.op_type in VALUE_FREE_OPS:
+                continue
+            if any(t in signal for t in n.inputs if t):
+                signal.update(o for o in n.outputs if o and self.is_float(o))
+        return signal
+
+    def nodes_between(self, sources: Iterable[str], targets: Iterable[str]) -> list[Node]:
+        """Nodes on a signal path from any source tensor to any target tensor, in topological order."""
+        signal = self.signal_tensors(sources)
+        ends = {self.producer[t].name for t in targets if t in self.producer}
+        upstream = set(ends)
+        for name in ends:
+            upstream |= nx.ancestors(self.nx, name)
+        return [
+            n for n in self.topological
+            if n.name in upstream and n.op_type not in VALUE_FREE_OPS and any(t in signal for t in n.inputs if t)
+        ]
+
+    # -- names ----------------------------------------------------------------------------------------------------
+    @cached_property
+    def tensor_names(self) -> set[str]:
+        return set(self.producer) | set(self.inputs)
+
+    def resolve_tensor(self, name: str, what: str = "layer") -> str:
+        """A tensor name for a user-given tensor or node name, with a clear error listing candidates."""
+        if name in self.tensor_names:
+            return name
+        if name in self.node_by_name and self.node_by_name[name].outputs:
+            return self.node_by_name[name].outputs[0]
+        candidates = [n.outputs[0] for n in self.nodes if n.op_type in ("Conv", "Relu", "MaxPool", "Gemm")][-12:]
+        raise EbrError(
+            f"{what} {name!r} is neither a tensor nor a node of the graph; candidate layers: {', '.join(candidates)}"
+        )
+
+    def metadata_json(self, key: str, default: Any = None) -> Any:
+        """A metadata entry written by ebr_onnx's exporters (JSON-encoded), or ``default``."""
+        if key not in self.metadata:
+            return default
+        try:
+            return json.loads(self.metadata[key])
+        except json.JSONDecodeError:
+            return self.metadata[key]

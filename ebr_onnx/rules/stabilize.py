@@ -1,0 +1,13 @@
+"""The one place for the Z == 0 convention of the EB rules."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def safe_divide(xp: Any, numerator: Any, denominator: Any) -> Any:
+    """``numerator ⊘₀ denominator``: elementwise division that gives 0 wherever the denominator is exactly 0.
+
+    This is the release's guard (``shared/spec/caffe-reference.md`` §2.1 (b)): no epsilon, no NaN ever.
+    """
+    zero = denominator == 0
+    return xp.where(zero, 0, numerator / xp.where(zero, 1, denominator)).astype(numerator.dtype, copy=False)

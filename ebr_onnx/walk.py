@@ -1,0 +1,122 @@
+"""The backward walk: visit the nodes between a layer and the target in reverse topological order and apply one rule
+per node, summing signals where a tensor feeds several consumers (paper Eq. 3 / Eq. 9: a child's probability is the
+sum over its parents)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from .errors import UnsupportedOpError
+from .graph import ModelGraph, Node
+from .rules import registry
+
+
+@dataclass
+class RuleContext:
+    """What a rule may read: captured values, constants, shapes, and the walk's configuration.
+
+    ``negated`` names the nodes whose weights are negated (the contrastive dual unit, paper Eq. 2): rules read weights
+    through :meth:`weight`, so the model itself is never modified. ``overrides`` maps node names to rule functions
+    chosen by a composite (the recurrent rule sets); ``options`` carries rule options such as ``add_rule``.
+    """
+
+    graph: ModelGraph
+    xp: Any
+    mode: str
+    values: Mapping[str, Any]
+    shapes: Mapping[str, tuple[int, ...]]
+    signal: set[str]
+    dtype: Any = np.float32
+    negated: frozenset[str] = frozenset()
+    overrides: Mapping[str, registry.RuleFn] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    _device_cache: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, name: str) -> Any:
+        """A captured activation or a constant, as an array of the walk's module (float tensors in ``dtype``)."""
+        if name in self._device_cache:
+            return self._device_cache[name]
+        host = self.values[name] if name in self.values else self.graph.constant(name)
+        array = np.asarray(host)
+        if array.dtype.kind == "f":
+            array = array.astype(self.dtype, copy=False)
+        out = self.xp.asarray(array)
+        self._device_cache[name] = out
+        return out
+
+    def weight(self, node: Node, index: int) -> Any:
+        """Input ``index`` of ``node`` as a weight, negated when ``node`` is the contrastive dual's classifier."""
+        w = self.value(node.inputs[index])
+        return -w if node.name in self.negated else w
+
+    def has_value(self, name: str) -> bool:
+        return name in self.values or self.graph.is_constant(name)
+
+    def is_signal(self, name: str) -> bool:
+        return bool(name) and name in self.signal
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.values:
+            return tuple(np.shape(self.values[name]))
+        if self.graph.is_constant(name):
+            return tuple(self.graph.constant(name).shape)
+        return self.shapes[name]
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Record a warning about the model (the first offending node of each kind is named)."""
+        if not any(w.startswith(f"[{key}]") for w in self.warnings):
+            self.warnings.append(f"[{key}] {message}")
+
+
+def choose_rule(node: Node, ctx: RuleContext) -> registry.RuleFn:
+    """The composite: a per-node override (recurrent rule sets) first, then the registry's rule for the mode."""
+    if node.name in ctx.overrides:
+        return ctx.overrides[node.name]
+    spec = registry.find_rule(node.op_type, ctx.mode)
+    if spec is None:
+        raise UnsupportedOpError(node.name, node.op_type, registry.supported_ops(ctx.mode), ctx.mode)
+    return spec.fn
+
+
+def required_values(nodes: Iterable[Node], mode: str, overrides_needs: Callable[[Node], list[str] | None] | None = None
+                    ) -> set[str]:
+    """The tensors whose values the rules of these nodes read (checked for missing rules on the way)."""
+    names: set[str] = set()
+    for node in nodes:
+        extra = overrides_needs(node) if overrides_needs else None
+        if extra is not None:
+            names.update(extra)
+            continue
+        spec = registry.find_rule(node.op_type, mode)
+        if spec is None:
+            raise UnsupportedOpError(node.name, node.op_type, registry.supported_ops(mode), mode)
+        names.update(spec.needs(node))
+    return names
+
+
+def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: Iterable[str] = (),
+         reach: set[str] | None = None) -> dict[str, Any]:
+    """Propagate ``seeds`` (signals at tensors) backward through ``nodes`` (given in topological order).
+
+    Returns the signals that reached each tensor in ``keep``; other intermediate signals are freed as soon as their
+    producer has consumed them. With ``reach`` given, signal sent to tensors outside it (branches that start below the
+    requested layer) is dropped.
+    """
+    keep = set(keep)
+    signals: dict[str, Any] = dict(seeds)
+    for node in reversed(nodes):
+        outs = [signals.get(o) for o in node.outputs]
+        if all(s is None for s in outs):
+            continue
+        ins = choose_rule(node, ctx)(node, ctx, outs)
+        for o in node.outputs:
+            if o not in keep:
+                signals.pop(o, None)
+        for name, s in zip(node.inputs, ins):
+            if s is None or not ctx.is_signal(name) or (reach is not None and name not in reach):
+                continue
+            signals[name] = signals[name] + s if name in signals else s
+    return {k: v for k, v in signals.items() if k in keep}
