@@ -26,7 +26,7 @@ class _HitCounter:
 
     def accuracy(self, class_id: Hashable | None = None) -> float:
         """Accuracy of one class, or over all recorded trials when ``class_id`` is None."""
-        counts = [self._counts[class_id]] if class_id is not None else list(self._counts.values())
+        counts = list(self._counts.values()) if class_id is None else [self._counts.get(class_id, [0, 0])]
         hits, misses = sum(c[0] for c in counts), sum(c[1] for c in counts)
         if hits + misses == 0:
             raise EbrError(f"no pointing-game trials recorded{'' if class_id is None else f' for {class_id!r}'}")

@@ -3,9 +3,9 @@
 A :class:`Preprocess` describes the whole transform; :data:`PRESETS` holds the named ones. ``caffe-ucf101`` is the
 authors' release (``util_preprocess_data.py`` + ``caffe.io.Transformer``; spec §1.2): resize to 240×320 (H×W) only
 when the frame has another size, centre crop 224 with floor offsets (rows 8:232, cols 48:272), RGB→BGR, ×255,
-subtract the BGR mean (103.939, 116.779, 128.68). :func:`preprocess` also returns the :class:`CropBox`, the region of the original
-frame the network saw, so maps can be drawn back where they belong (the release stretched them over the whole frame,
-spec §1.9; we do not).
+subtract the BGR mean (103.939, 116.779, 128.68). :func:`preprocess` also returns the :class:`CropBox`, the region of
+the original frame the network saw, so maps can be drawn back where they belong (the release stretched them over the
+whole frame, spec §1.9; we do not).
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class Preprocess:
     """A frame transform.
 
     size: ``(H, W)`` resizes to exactly that size when the frame differs; an ``int`` resizes the shorter side to it
-    (aspect kept, long side rounded); ``None`` keeps the frame. Resizing is Pillow bilinear on uint8.
+    (aspect kept, long side rounded); ``None`` keeps the frame. Resizing is Pillow bilinear on uint8 (the release
+    used skimage's bilinear on floats, so frames that need resizing differ slightly from it; 240×320 frames do not).
     crop: centre crop side (``int``) or ``(h, w)``, offsets ``(H - h) // 2`` and ``(W - w) // 2``; ``None`` keeps all.
     mean, std: per output channel, in ``channel_order`` and in the scaled range: ``(x / 255 * scale - mean) / std``.
     """
@@ -115,7 +116,7 @@ def preprocess(frames: np.ndarray, spec: Preprocess | str = "caffe-ucf101") -> t
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
         raise EbrError(f"frames must be a non-empty uint8 array (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     rh, rw = _resized_size(spec, h, w)
     if (rh, rw) != (h, w):
         frames = np.stack([np.asarray(Image.fromarray(f).resize((rw, rh), Image.BILINEAR)) for f in frames])
@@ -126,7 +127,8 @@ def preprocess(frames: np.ndarray, spec: Preprocess | str = "caffe-ucf101") -> t
     x = _UNIT[frames[:, top : top + ch, left : left + cw]].transpose(0, 3, 1, 2)
     if spec.channel_order == "BGR":
         x = x[:, ::-1]
-    x = np.ascontiguousarray(x) * np.float32(spec.scale)
+    x = np.ascontiguousarray(x)
+    x *= np.float32(spec.scale)
     for c in range(3):
         np.subtract(x[:, c], np.float64(spec.mean[c]), out=x[:, c], casting="unsafe")
         np.divide(x[:, c], np.float64(spec.std[c]), out=x[:, c], casting="unsafe")

@@ -26,9 +26,10 @@ class VideoSource:
 
     Iterating yields ``(index, frame)`` where ``index`` is the frame's position in the ORIGINAL video, so sampled
     frames keep their true indices. ``every`` keeps every k-th frame; ``target_fps`` keeps the first frame of each
-    1/target_fps interval (a rate at most the video's; frames are never duplicated). ``fps`` gives the rate of a
-    folder or array (files report their own). Attributes: ``name``, ``fps`` (after sampling; None if unknown),
-    ``size`` ``(H, W)``, ``frame_count`` (frames yielded after sampling; None if the container does not say).
+    1/target_fps interval (a rate at most the video's; frames are never duplicated); not both. ``fps`` gives the
+    rate of a folder or array, or of a file whose container reports none. Attributes: ``name``, ``fps`` (after
+    sampling; None if unknown), ``size`` ``(H, W)``, ``frame_count`` (frames yielded after sampling, from the
+    container's header for files; None if it does not say).
     """
 
     def __init__(
@@ -63,10 +64,12 @@ class VideoSource:
                     stream = container.streams.video[0]
                     count = stream.frames or None
                     rate = stream.average_rate or stream.guessed_rate
-                    fps = float(rate) if rate else None
+                    fps = float(rate) if rate else fps
                     self.size = (stream.codec_context.height, stream.codec_context.width)
         if every < 1:
             raise EbrError(f"every must be >= 1, got {every}")
+        if every != 1 and target_fps is not None:
+            raise EbrError("give either every or target_fps, not both")
         if target_fps is not None:
             if fps is None:
                 raise EbrError(f"cannot resample {self.name} to {target_fps} fps: its frame rate is unknown")

@@ -27,9 +27,13 @@ from ebr_onnx.synthetic import CLASS_NAMES, make_dataset
 SIZE, FRAMES, BATCH = 64, 16, 16
 CHANNELS = (8, 16, 32)
 FEATURES, HIDDEN = 64, 64
-PREPROCESS = {"name": "synthetic", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
-              "channel_order": "RGB"}
+# ebr_onnx.preprocess convention: x = (float32(pixel / 255) * scale - mean) / std, channels in channel_order.
+PREPROCESS = {"name": "synthetic", "size": [SIZE, SIZE], "crop": None, "scale": 1.0, "mean": [0.5, 0.5, 0.5],
+              "std": [0.25, 0.25, 0.25], "channel_order": "RGB"}
+UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 MAP_LAYER = "relu3"
+MEAN = torch.tensor(PREPROCESS["mean"]).view(3, 1, 1)
+STD = torch.tensor(PREPROCESS["std"]).view(3, 1, 1)
 
 
 class ReLULSTM(nn.Module):
@@ -76,6 +80,10 @@ class ActionModel(nn.Module):
         self.cnn = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * side * side, FEATURES), nn.ReLU())
         self.lstm = ReLULSTM(FEATURES, HIDDEN)
         self.classifier = nn.Linear(HIDDEN, len(CLASS_NAMES))
+        for m in self.cnn:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (T, B, 3, S, S) preprocessed → logits (T, B, K)."""
@@ -86,8 +94,8 @@ class ActionModel(nn.Module):
 
 def to_input(frames: np.ndarray) -> torch.Tensor:
     """uint8 clips (B, T, H, W, 3) → preprocessed float (T, B, 3, H, W)."""
-    x = torch.from_numpy(frames).permute(1, 0, 4, 2, 3).float()
-    return x * PREPROCESS["scale"]
+    x = torch.from_numpy(UNIT[frames]).permute(1, 0, 4, 2, 3)
+    return (x * PREPROCESS["scale"] - MEAN) / STD
 
 
 def accuracy(model: ActionModel, frames: np.ndarray, labels: np.ndarray) -> float:
@@ -116,7 +124,7 @@ def train(model: ActionModel, steps: int, seed: int, lr: float) -> None:
         opt.step()
         sched.step()
         running.append((logits[-1].argmax(1).numpy() == labels).mean())
-        if step % 100 == 0:
+        if step % 50 == 0:
             print(f"step {step}/{steps}  loss {loss.item():.3f}  last-step acc (last 100 batches) "
                   f"{np.mean(running[-100:]):.3f}  {time.time() - start:.0f} s", flush=True)
 
