@@ -1,0 +1,6 @@
+"""Caffe → ONNX converter for ebr_onnx (no Caffe needed): ``convert_caffe`` and the ``convert caffe`` CLI."""
+
+from .convert import convert_caffe
+from .errors import CaffeConversionError
+
+__all__ = ["CaffeConversionError", "convert_caffe"]
