@@ -1,0 +1,192 @@
+"""Benchmark: EB / cEB on VGG-16 (random weights, 224×224) against onnxruntime's forward, PyTorch and torchray.
+
+Prints one table; every row runs in its own subprocess, so its peak memory (max RSS) is its own. Ratios are computed
+against onnxruntime's plain forward measured in the same run (these machines are noisy: compare within a run).
+
+    python benchmarks/bench_cnn.py [--images 8] [--repeats 2] [--threads 2]
+
+Needs the ``dev`` extra (torch==2.13.0, onnxscript). torchray rows appear only if torchray imports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+CONV5_1 = "conv5_1"
+
+
+def build_vgg16(path: Path) -> None:
+    """Export a VGG-16 with seeded random weights, naming each conv's ReLU output ``convB_L`` as in Caffe."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+
+    class VGG16(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers, c = [], 3
+            for v in CONFIG:
+                if v == "M":
+                    layers.append(nn.MaxPool2d(2, 2))
+                else:
+                    conv = nn.Conv2d(c, v, 3, padding=1)
+                    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                    layers += [conv, nn.ReLU()]
+                    c = v
+            self.features = nn.Sequential(*layers)
+            self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(),
+                                            nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000))
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+    model = VGG16().eval()
+    torch.onnx.export(model, torch.randn(1, 3, 224, 224), str(path), dynamo=False, input_names=["data"],
+                      output_names=["logits"], dynamic_axes={"data": {0: "N"}, "logits": {0: "N"}})
+    torch.save(model.state_dict(), str(path.with_suffix(".pt")))
+    _rename_conv5_1(path)
+
+
+def _rename_conv5_1(path: Path) -> None:
+    """Name the output of the 11th ReLU (VGG's conv5_1 after its in-place ReLU) ``conv5_1``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    relus = [n for n in model.graph.node if n.op_type == "Relu"]
+    old = relus[10].output[0]
+    for node in model.graph.node:
+        node.output[:] = [CONV5_1 if o == old else o for o in node.output]
+        node.input[:] = [CONV5_1 if i == old else i for i in node.input]
+    onnx.save(model, str(path))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> dict:
+    """One measurement (in this process): best-of-``repeats`` wall time and peak RSS."""
+    import numpy as np
+
+    x = np.random.default_rng(1).random((images, 3, 224, 224), dtype=np.float32)
+    if case == "ort":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        fn = lambda: sess.run(None, {"data": x})  # noqa: E731
+    elif case.startswith(("eb", "ceb")):
+        from ebr_onnx import Explainer
+
+        method, layer = case.split(":")
+        ex = Explainer(model, threads=threads, batch_size=images)
+        fn = lambda: ex.explain(x, target=7, method=method, layer=None if layer == "input" else layer)  # noqa: E731
+    elif case.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(threads)
+        sys.path.insert(0, str(Path(__file__).parent))
+        net = _torch_model(model)
+        if case == "torch":
+            def fn():
+                xt = torch.from_numpy(x).requires_grad_(True)
+                net(xt)[:, 7].sum().backward()
+        else:
+            from torchray.attribution.excitation_backprop import excitation_backprop
+
+            def fn():
+                excitation_backprop(net, torch.from_numpy(x), 7, saliency_layer="features.0")
+    else:
+        raise SystemExit(f"unknown case {case}")
+    fn()  # warm-up: session creation, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"case": case, "seconds": min(times), "peak_mb": _peak_mb()}
+
+
+def _torch_model(model: str):
+    import torch
+    import torch.nn as nn
+
+    layers, c = [], 3
+    for v in CONFIG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+            c = v
+    net = nn.Sequential()
+    net.features = nn.Sequential(*layers)
+    net.classifier = nn.Sequential(nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 4096),
+                                   nn.ReLU(), nn.Linear(4096, 1000))
+    net.load_state_dict(torch.load(str(Path(model).with_suffix(".pt"))))
+    return net.eval()
+
+
+CASES = [
+    ("ort", "onnxruntime forward"),
+    ("eb:conv5_1", "eb to conv5_1 (forward incl.)"),
+    ("ceb:conv5_1", "ceb to conv5_1 (forward incl.)"),
+    ("eb:input", "eb to the input (forward incl.)"),
+    ("ceb:input", "ceb to the input (forward incl.)"),
+    ("torch", "PyTorch forward + input-gradient backward"),
+    ("torchray", "torchray excitation backprop"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case == "build":
+        build_vgg16(Path(args.model))
+        return
+    if args.case:
+        print(json.dumps(run_case(args.case, args.model, args.images, args.repeats, args.threads)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "vgg16.onnx"
+        # Built in a child process too: Linux keeps a process's peak RSS across exec, so the parent must stay small.
+        subprocess.run([sys.executable, __file__, "--case", "build", "--model", str(model)], check=True,
+                       capture_output=True)
+        rows = []
+        for case, label in CASES:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--case", case, "--model", str(model), "--images", str(args.images),
+                 "--repeats", str(args.repeats), "--threads", str(args.threads)],
+                capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                rows.append((label, None, None, reason[:60]))
+                continue
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append((label, result["seconds"], result["peak_mb"], ""))
+    base_t, base_m = rows[0][1], rows[0][2]
+    print(f"VGG-16, {args.images} images 224x224, {args.threads} threads, best of {args.repeats}")
+    print(f"{'what':45s} {'s':>8s} {'s/frame':>8s} {'x ort':>6s} {'peak MB':>8s} {'x ort':>6s}")
+    for label, t, m, note in rows:
+        if t is None:
+            print(f"{label:45s} {'-':>8s} {'-':>8s} {'-':>6s} {'-':>8s} {'-':>6s}  ({note})")
+        else:
+            print(f"{label:45s} {t:8.2f} {t / args.images:8.3f} {t / base_t:6.2f} {m:8.0f} {m / base_m:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
