@@ -1,20 +1,144 @@
 """Rules of the ops that only move values around: the signal is routed back to where each value came from,
-identically in the EB and gradient modes (the release uses the gradient for these, spec §2.6)."""
+identically in the EB and gradient modes (the release uses the gradient for these, ``shared/spec/caffe-reference.md``
+§2.6: Concat/Slice split or assemble by position, Split sums, Reshape/Flatten share the signal). Index, shape and axis
+inputs take no signal.
+"""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
+
+from ..backend import to_numpy
 from ..graph import Node
+from .linear import _unbroadcast
 from .registry import rule
+
+
+def _none_after_first(node: Node, signal: Any) -> list[Any]:
+    return [signal] + [None] * (len(node.inputs) - 1)
+
+
+def _ints(ctx, node: Node, index: int, attr: str) -> list[int] | None:
+    """Integer parameters given as input ``index`` (newer opsets) or as attribute ``attr`` (older), else None."""
+    if len(node.inputs) > index and node.inputs[index]:
+        return [int(v) for v in np.asarray(to_numpy(ctx.value(node.inputs[index]))).ravel()]
+    value = node.attr(attr)
+    return None if value is None else [int(v) for v in np.ravel(value)]
+
+
+def _inputs_after_first(node: Node) -> list[str]:
+    return [t for t in node.inputs[1:] if t]
+
+
+def _second_input(node: Node) -> list[str]:
+    return [node.inputs[1]]
 
 
 @rule(["Identity", "Dropout"])
 def identity(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     """``p' = p`` (Dropout is the identity at inference; its mask output takes no signal)."""
-    return [signals[0]] + [None] * (len(node.inputs) - 1)
+    return _none_after_first(node, signals[0])
 
 
 @rule(["Reshape", "Flatten", "Squeeze", "Unsqueeze"])
 def reshape_like(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     """Reshapes keep the element order: ``p'`` is ``p`` in the input's shape."""
-    return [signals[0].reshape(ctx.shape(node.inputs[0]))] + [None] * (len(node.inputs) - 1)
+    return _none_after_first(node, signals[0].reshape(ctx.shape(node.inputs[0])))
+
+
+@rule("Transpose")
+def transpose(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p' = transpose(p, perm⁻¹)`` (``perm`` defaults to reversing the axes)."""
+    p = signals[0]
+    perm = node.attr("perm") or list(range(p.ndim))[::-1]
+    return [p.transpose(tuple(int(a) for a in np.argsort(perm)))]
+
+
+@rule("Expand")
+def expand(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'`` sums ``p`` over the axes that ``Expand`` added or stretched."""
+    return [_unbroadcast(ctx.xp, signals[0], ctx.shape(node.inputs[0])), None]
+
+
+@rule("Concat")
+def concat(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """Each input receives the part of ``p`` at its position along ``axis``."""
+    p = signals[0]
+    axis = int(node.attr("axis")) % p.ndim
+    out, start = [], 0
+    for name in node.inputs:
+        size = ctx.shape(name)[axis]
+        index = (slice(None),) * axis + (slice(start, start + size),)
+        out.append(p[index] if ctx.is_signal(name) else None)
+        start += size
+    return out
+
+
+@rule("Split")
+def split(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'`` is the outputs' signals concatenated along ``axis`` (zeros for outputs that received none); the sizes
+    are those of the outputs, so the ``split`` input or attribute and ``num_outputs`` need no reading."""
+    xp = ctx.xp
+    dtype = next(s.dtype for s in signals if s is not None)
+    parts = [s if s is not None else xp.zeros(ctx.shape(o), dtype=dtype) for s, o in zip(signals, node.outputs)]
+    axis = int(node.attr("axis", 0)) % parts[0].ndim
+    return _none_after_first(node, xp.concatenate(parts, axis=axis))
+
+
+def _slices(ctx, node: Node, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """ONNX ``Slice`` parameters as Python slices, clamped as the operator defines (negative steps included)."""
+    starts, ends = _ints(ctx, node, 1, "starts"), _ints(ctx, node, 2, "ends")
+    axes = _ints(ctx, node, 3, "axes") or list(range(len(starts)))
+    steps = _ints(ctx, node, 4, "steps") or [1] * len(starts)
+    index = [slice(None)] * len(shape)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        dim = shape[axis]
+        start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
+        if step > 0:
+            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+        else:
+            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+        index[axis % len(shape)] = slice(start, None if end < 0 else end, step)
+    return tuple(index)
+
+
+@rule("Slice", needs=_inputs_after_first)
+def slice_(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'`` is ``p`` scattered into zeros at the sliced positions."""
+    shape = ctx.shape(node.inputs[0])
+    out = ctx.xp.zeros(shape, dtype=signals[0].dtype)
+    out[_slices(ctx, node, shape)] = signals[0]
+    return _none_after_first(node, out)
+
+
+@rule("Gather", needs=_second_input)
+def gather(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'`` scatter-adds ``p`` back to the gathered positions of the data input (repeated indices add up)."""
+    xp = ctx.xp
+    p = signals[0]
+    shape = ctx.shape(node.inputs[0])
+    axis = int(node.attr("axis", 0)) % len(shape)
+    indices = ctx.value(node.inputs[1])
+    indices = (indices % shape[axis]).ravel()
+    k = p.ndim - len(shape) + 1  # the axes of ``p`` that the indices span
+    moved = xp.moveaxis(p, list(range(axis, axis + k)), list(range(k))).reshape(
+        (indices.size,) + shape[:axis] + shape[axis + 1:])
+    out = xp.zeros((shape[axis],) + shape[:axis] + shape[axis + 1:], dtype=p.dtype)
+    xp.add.at(out, indices, moved)
+    return [xp.moveaxis(out, 0, axis), None]
+
+
+@rule("ReverseSequence", needs=_second_input)
+def reverse_sequence(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'`` is ``p`` reversed back: with the same ``sequence_lens`` the op is its own inverse."""
+    p = signals[0]
+    time, batch = int(node.attr("time_axis", 0)), int(node.attr("batch_axis", 1))
+    out = p.copy()
+    for b, length in enumerate(np.asarray(to_numpy(ctx.value(node.inputs[1]))).ravel()):
+        index = [slice(None)] * p.ndim
+        index[batch] = b
+        read, write = list(index), list(index)
+        read[time], write[time] = slice(int(length) - 1, None, -1) if length else slice(0, 0), slice(0, int(length))
+        out[tuple(write)] = p[tuple(read)]
+    return [out, None]

@@ -1,0 +1,295 @@
+"""Rules of the elementwise ops outside recurrent cells: Add/Sum/Sub/Mul/Div, BatchNormalization, LRN,
+Softmax/LogSoftmax and the smooth activations (Sigmoid, Tanh, Elu, Selu, Softplus, Softsign, Gelu, HardSigmoid,
+HardSwish, Erf). Inside a recognised recurrent cell the recurrent rule set overrides these through ``ctx.overrides``.
+
+EB choices (gradient mode is always the exact derivative):
+
+* Add/Sum of signal tensors: each operand receives its share of the positive contributions,
+  ``p_k = p ⊙ x_k⁺ ⊘₀ Σ_j x_j⁺`` (Eq. 8 with unit weights; broadcast operands sum their shares).
+  ``add_rule="caffe"`` reproduces the release's Eltwise SUM on the CPU (spec §2.5): input 1 gets all, the others 0.
+  Sub of two signals is Add(a, −b): ``q = p ⊘₀ (a⁺ + (−b)⁺)``, a gets ``a⁺ q``, b gets ``(−b)⁺ q`` (nothing when b ≥ 0).
+* Add/Sub/Sum with constant (non-signal) operands: a bias, excluded from Z — the whole signal goes to the signal
+  operand; its sign is ignored in EB as the release's Scale layer ignores its factor's sign (spec §2.4).
+* Mul/Div by a non-signal factor c: single-parent Eq. 8 through :func:`~ebr_onnx.rules.linear.excitation`,
+  ``p' = x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (p where c > 0 and x ≠ 0; the positive-contribution rule for negative x).
+  Div(a, b) with a signal numerator is Mul(a, 1/b); the denominator is a normaliser and takes none.
+* Mul of two signal tensors (a gate such as SiLU's ``x·σ(x)``): each operand gets half of the signal, which conserves
+  mass when both lead back to the same unit; a warning names the first such node.
+* BatchNormalization and LRN: identity copies of the signal, as the release (spec §2.4).
+* Softmax/LogSoftmax, the smooth activations and a signal-only denominator: identity (the activation is treated as a
+  monotone relabelling of its input, so the EB rule of the linear layer below distributes by the activation it sees),
+  with a warning naming the first such node, because their outputs may be negative, which EB does not assume (A1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ..errors import EbrError
+from ..graph import Node
+from .linear import _unbroadcast, excitation
+from .registry import needs_input, needs_inputs, needs_nothing, needs_output, rule
+from .stabilize import safe_divide
+
+
+def _to_inputs(ctx, node: Node, per_input: Sequence[Any]) -> list[Any]:
+    """Output-shaped signals, one per input (``None`` for none), summed back to each input's shape."""
+    return [None if s is None else _unbroadcast(ctx.xp, s, ctx.shape(t)) for t, s in zip(node.inputs, per_input)]
+
+
+def _signal_mask(ctx, node: Node) -> list[bool]:
+    return [ctx.is_signal(t) for t in node.inputs]
+
+
+def _pass_through_warning(ctx, node: Node) -> None:
+    ctx.warn_once(
+        "non-relu-activation",
+        f"node {node.name!r} ({node.op_type}) is not a ReLU-family activation; EB passes its signal through "
+        "unchanged, and its output may be negative, which EB does not assume (A1)",
+    )
+
+
+# -- Add / Sum / Sub ----------------------------------------------------------------------------------------------
+def _proportional(ctx, p: Any, parts: Sequence[Any]) -> list[Any]:
+    """``p_k = p ⊙ c_k ⊘₀ Σ_j c_j`` for non-negative contributions ``c_k`` (``None``: no share)."""
+    q = safe_divide(ctx.xp, p, sum(c for c in parts if c is not None))
+    return [None if c is None else c * q for c in parts]
+
+
+@rule(["Add", "Sum"], modes=("eb",), needs=needs_inputs)
+def add_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p_k = p ⊙ x_k⁺ ⊘₀ Σ_j x_j⁺`` over signal operands (Eq. 8, unit weights; non-signal operands are biases)."""
+    p, mask = signals[0], _signal_mask(ctx, node)
+    if sum(mask) < 2:
+        return _to_inputs(ctx, node, [p if m else None for m in mask])
+    if ctx.options.get("add_rule") == "caffe":
+        return _to_inputs(ctx, node, [p if k == 1 else None for k in range(len(mask))])
+    parts = [ctx.xp.maximum(ctx.value(t), 0) if m else None for t, m in zip(node.inputs, mask)]
+    return _to_inputs(ctx, node, _proportional(ctx, p, parts))
+
+
+@rule(["Add", "Sum"], modes=("grad",))
+def add_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p_k = p`` for every signal operand (summed over broadcast axes)."""
+    return _to_inputs(ctx, node, [signals[0] if m else None for m in _signal_mask(ctx, node)])
+
+
+@rule("Sub", modes=("eb",), needs=needs_inputs)
+def sub_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """Sub(a, b) = Add(a, −b): ``q = p ⊘₀ (a⁺ + (−b)⁺)``, ``p_a = a⁺ q``, ``p_b = (−b)⁺ q``; with one signal operand
+    the other is a bias and the signal operand gets ``p``."""
+    xp, p, mask = ctx.xp, signals[0], _signal_mask(ctx, node)
+    if not all(mask):
+        return _to_inputs(ctx, node, [p if m else None for m in mask])
+    a, b = (ctx.value(t) for t in node.inputs)
+    return _to_inputs(ctx, node, _proportional(ctx, p, [xp.maximum(a, 0), xp.maximum(-b, 0)]))
+
+
+@rule("Sub", modes=("grad",))
+def sub_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p_a = p``, ``p_b = −p``."""
+    p, (ma, mb) = signals[0], _signal_mask(ctx, node)
+    return _to_inputs(ctx, node, [p if ma else None, -p if mb else None])
+
+
+# -- Mul / Div ----------------------------------------------------------------------------------------------------
+def _scaled(ctx, node: Node, x: Any, p: Any, factor: Any) -> Any:
+    """Single-parent Eq. 8 of ``y = c ⊙ x``: ``x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (the shared EB identity of linear.py)."""
+    return excitation(ctx, node, x, p, factor, lambda v, k: v * k, lambda q, k: q * k)
+
+
+@rule("Mul", modes=("eb",), needs=needs_inputs)
+def mul_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``y = c ⊙ x``: ``p' = x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (Eq. 8, one parent); two signal operands: ``p/2`` each."""
+    p, mask = signals[0], _signal_mask(ctx, node)
+    if all(mask):
+        ctx.warn_once(
+            "signal-product",
+            f"node {node.name!r} (Mul) multiplies two signal tensors (a gate); EB gives each operand half the signal",
+        )
+        return _to_inputs(ctx, node, [p / 2, p / 2])
+    k = mask.index(True)
+    x, c = ctx.value(node.inputs[k]), ctx.value(node.inputs[1 - k])
+    return _to_inputs(ctx, node, [_scaled(ctx, node, x, p, c) if m else None for m in mask])
+
+
+@rule("Mul", modes=("grad",), needs=needs_inputs)
+def mul_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """The product rule: ``p_a = p ⊙ b``, ``p_b = p ⊙ a``."""
+    p, (ma, mb) = signals[0], _signal_mask(ctx, node)
+    a, b = (ctx.value(t) for t in node.inputs)
+    return _to_inputs(ctx, node, [p * b if ma else None, p * a if mb else None])
+
+
+@rule("Div", modes=("eb",), needs=needs_inputs)
+def div_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``y = a / b`` as ``a ⊙ (1/b)``: Eq. 8 with factor ``1/b`` for the numerator; the denominator gets nothing,
+    unless it is the only signal operand, which then gets ``p`` (identity, with a warning)."""
+    p = signals[0]
+    if not ctx.is_signal(node.inputs[0]):
+        _pass_through_warning(ctx, node)
+        return _to_inputs(ctx, node, [None, p])
+    a, b = (ctx.value(t) for t in node.inputs)
+    return _to_inputs(ctx, node, [_scaled(ctx, node, a, p, 1 / b), None])
+
+
+@rule("Div", modes=("grad",), needs=needs_inputs)
+def div_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p_a = p / b``, ``p_b = −p ⊙ a / b²``."""
+    p, (ma, mb) = signals[0], _signal_mask(ctx, node)
+    a, b = (ctx.value(t) for t in node.inputs)
+    return _to_inputs(ctx, node, [p / b if ma else None, -p * a / (b * b) if mb else None])
+
+
+# -- normalisations -----------------------------------------------------------------------------------------------
+@rule(["BatchNormalization", "LRN"], modes=("eb",))
+def normalisation_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p' = p``: the release copies the signal through BatchNorm, Scale and LRN (spec §2.4)."""
+    return [signals[0]] + [None] * (len(node.inputs) - 1)
+
+
+def _bn_needs(node: Node) -> list[str]:
+    return [node.inputs[1], node.inputs[4]]
+
+
+@rule("BatchNormalization", modes=("grad",), needs=_bn_needs)
+def batch_norm_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p' = p ⊙ γ / √(var + ε)`` per channel (inference mode: the statistics are constants)."""
+    if int(node.attr("training_mode", 0)):
+        raise EbrError(f"BatchNormalization node {node.name!r} is in training mode; export the model in eval mode")
+    p = signals[0]
+    scale = ctx.value(node.inputs[1]) / ctx.xp.sqrt(ctx.value(node.inputs[4]) + float(node.attr("epsilon", 1e-5)))
+    return [p * scale.reshape((1, -1) + (1,) * (p.ndim - 2))] + [None] * (len(node.inputs) - 1)
+
+
+def _channel_window_sum(xp, v: Any, before: int, after: int) -> Any:
+    """``Σ_{c'=c−before}^{c+after} v_{c'}`` along axis 1 (channels outside the tensor count as 0)."""
+    pad = [(0, 0)] * v.ndim
+    pad[1] = (before, after)
+    padded = xp.pad(v, pad)
+    channels = v.shape[1]
+    return sum(padded[:, k:k + channels] for k in range(before + after + 1))
+
+
+@rule("LRN", modes=("grad",), needs=needs_input)
+def lrn_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``y_c = x_c d_c^{−β}``, ``d_c = bias + α/size Σ_{c'∈w(c)} x_{c'}²`` with ``w(c) = [c − ⌊(size−1)/2⌋,
+    c + ⌈(size−1)/2⌉]``; ``p'_k = p_k d_k^{−β} − (2αβ/size) x_k Σ_{c: k∈w(c)} p_c x_c d_c^{−β−1}``."""
+    xp = ctx.xp
+    x, p = ctx.value(node.inputs[0]), signals[0]
+    size = int(node.attr("size"))
+    alpha, beta, bias = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75)), float(node.attr("bias", 1.0))
+    lo, hi = (size - 1) // 2, size // 2
+    d = bias + alpha / size * _channel_window_sum(xp, x * x, lo, hi)
+    back = _channel_window_sum(xp, p * x * d ** (-beta - 1), hi, lo)
+    return [p * d ** (-beta) - (2 * alpha * beta / size) * x * back]
+
+
+# -- softmax and smooth activations -------------------------------------------------------------------------------
+@rule(["Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "HardSigmoid",
+       "HardSwish", "Erf"], modes=("eb",), needs=needs_nothing)
+def smooth_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p' = p`` (identity; see the module docstring), with a warning naming the first such node."""
+    _pass_through_warning(ctx, node)
+    return [signals[0]]
+
+
+def _softmax_axes(node: Node, ctx, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """The normalised axis and the 2-D view of opsets < 13 (``axis`` default 1, flattened), else the plain shape."""
+    if ctx.graph.opset >= 13:
+        return int(node.attr("axis", -1)) % len(shape), shape
+    axis = int(node.attr("axis", 1)) % len(shape)
+    outer = math.prod(shape[:axis])
+    return 1, (outer, math.prod(shape) // outer)
+
+
+@rule(["Softmax", "LogSoftmax"], modes=("grad",), needs=needs_output)
+def softmax_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """Softmax: ``p' = y ⊙ (p − Σ_axis p ⊙ y)``; LogSoftmax: ``p' = p − e^y Σ_axis p``."""
+    xp = ctx.xp
+    p = signals[0]
+    axis, view = _softmax_axes(node, ctx, p.shape)
+    y = ctx.value(node.outputs[0]).reshape(view)
+    q = p.reshape(view)
+    if node.op_type == "Softmax":
+        out = y * (q - (q * y).sum(axis=axis, keepdims=True))
+    else:
+        out = q - xp.exp(y) * q.sum(axis=axis, keepdims=True)
+    return [out.reshape(p.shape)]
+
+
+def _sigmoid(xp, x: Any) -> Any:
+    return 0.5 * (1 + xp.tanh(x / 2))
+
+
+def _d_sigmoid(xp, node: Node, x: Any, y: Any) -> Any:
+    s = _sigmoid(xp, x)
+    return s * (1 - s)
+
+
+def _d_tanh(xp, node: Node, x: Any, y: Any) -> Any:
+    return 1 - xp.tanh(x) ** 2
+
+
+def _d_elu(xp, node: Node, x: Any, y: Any) -> Any:
+    return xp.where(x > 0, 1.0, float(node.attr("alpha", 1.0)) * xp.exp(xp.minimum(x, 0)))
+
+
+def _d_selu(xp, node: Node, x: Any, y: Any) -> Any:
+    alpha = float(node.attr("alpha", 1.67326319217681884765625))
+    gamma = float(node.attr("gamma", 1.05070102214813232421875))
+    return gamma * xp.where(x > 0, 1.0, alpha * xp.exp(xp.minimum(x, 0)))
+
+
+def _d_softplus(xp, node: Node, x: Any, y: Any) -> Any:
+    return _sigmoid(xp, x)
+
+
+def _d_softsign(xp, node: Node, x: Any, y: Any) -> Any:
+    return 1 / (1 + xp.abs(x)) ** 2
+
+
+def _d_hard_sigmoid(xp, node: Node, x: Any, y: Any) -> Any:
+    alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+    z = alpha * x + beta
+    return alpha * ((z > 0) & (z < 1))
+
+
+def _d_hard_swish(xp, node: Node, x: Any, y: Any) -> Any:
+    return xp.where(x < -3, 0.0, xp.where(x > 3, 1.0, x / 3 + 0.5))
+
+
+def _d_erf(xp, node: Node, x: Any, y: Any) -> Any:
+    return 2 / math.sqrt(math.pi) * xp.exp(-x * x)
+
+
+def _d_gelu(xp, node: Node, x: Any, y: Any) -> Any:
+    """``Φ(x) + x φ(x)`` with ``Φ = y / x`` read from the forward (``1/2 + x/√(2π)`` near 0), or the derivative of
+    the tanh approximation when ``approximate="tanh"``."""
+    density = xp.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    if node.attr("approximate", "none") == "tanh":
+        k = math.sqrt(2 / math.pi)
+        t = xp.tanh(k * (x + 0.044715 * x ** 3))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+    small = xp.abs(x) < 1e-3
+    cdf = xp.where(small, 0.5 + x * density, y / xp.where(small, 1.0, x))
+    return cdf + x * density
+
+
+_DERIVATIVES = {
+    "Sigmoid": _d_sigmoid, "Tanh": _d_tanh, "Elu": _d_elu, "Selu": _d_selu, "Softplus": _d_softplus,
+    "Softsign": _d_softsign, "Gelu": _d_gelu, "HardSigmoid": _d_hard_sigmoid, "HardSwish": _d_hard_swish,
+    "Erf": _d_erf,
+}
+
+
+def _smooth_needs(node: Node) -> list[str]:
+    return [node.inputs[0]] + ([node.outputs[0]] if node.op_type == "Gelu" else [])
+
+
+@rule(list(_DERIVATIVES), modes=("grad",), needs=_smooth_needs)
+def smooth_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p' = p ⊙ f'(x)`` with the exact derivative of each activation."""
+    x = ctx.value(node.inputs[0])
+    y = ctx.value(node.outputs[0]) if node.op_type == "Gelu" else None
+    return [signals[0] * _DERIVATIVES[node.op_type](ctx.xp, node, x, y).astype(x.dtype)]

@@ -1,0 +1,158 @@
+"""Rules of the pooling ops: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool (``shared/spec/caffe-reference.md``
+§2.2, the release's ``PoolingLayer::Backward_eb_cpu``).
+
+* MAX: the whole signal of an output goes to the maximum of its window, identical to the gradient; ties go to the
+  first maximum in row-major window order (the release's strict ``>``), padded positions never win.
+* AVE, EB: ``p'_i = Σ_w x_i · p_w / Σ_{i'∈w} x_{i'}`` with the guard ``Σ > 0`` (else 0) — Eq. 8 with unit weights;
+  gradient: ``p'_i = Σ_w p_w / count_w`` with the forward's ``count_include_pad``.
+
+Windows are visited by kernel offset on strided views of the padded input (as the convolution in
+:mod:`ebr_onnx.rules.linear`), so no loop runs over pixels. 1-D pooling is 2-D pooling with a unit height.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from ..errors import EbrError
+from ..graph import Node
+from .linear import ConvGeometry
+from .registry import needs_input, needs_nothing, rule
+from .stabilize import safe_divide
+
+
+def _geometry(node: Node, ctx, p: Any) -> ConvGeometry:
+    """Strides, pads and dilations of a pooling node; the output size is the forward's (it includes ``ceil_mode``)."""
+    x_shape = ctx.shape(node.inputs[0])
+    spatial = len(x_shape) - 2
+    if spatial not in (1, 2):
+        raise EbrError(f"{node.op_type} node {node.name!r} is {spatial}-D; ebr_onnx supports 1-D and 2-D pooling")
+    geo = ConvGeometry(node, x_shape, (1, 1, *node.attr("kernel_shape")))
+    geo.out = list(p.shape[2:]) if spatial == 2 else [1, p.shape[2]]
+    return geo
+
+
+def _four_d(a: Any) -> Any:
+    return a[:, :, None, :] if a.ndim == 3 else a
+
+
+def _offsets(geo: ConvGeometry) -> Iterator[tuple[slice, slice]]:
+    """The strided windows of each kernel offset, in row-major window order."""
+    for i in range(geo.kernel[0]):
+        for j in range(geo.kernel[1]):
+            yield geo.window(i, j)
+
+
+def _padded(xp, geo: ConvGeometry, a: Any, fill: float, pad_fill: float | None = None) -> Any:
+    """``a`` placed in the frame the windows read: explicit pads hold ``pad_fill`` (default ``fill``), the
+    ``ceil_mode`` overhang beyond them holds ``fill``."""
+    top, left, bottom, right = geo.pads
+    h, w = geo.size
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(geo.out, geo.strides, geo.kernel, geo.dilations)]
+    frame = (max(need[0], top + h + bottom), max(need[1], left + w + right))
+    out = xp.full(a.shape[:2] + frame, fill, dtype=a.dtype)
+    if pad_fill is not None:
+        out[:, :, :top + h + bottom, :left + w + right] = pad_fill
+    out[:, :, top:top + h, left:left + w] = a
+    return out
+
+
+def _crop(geo: ConvGeometry, a: Any, one_d: bool) -> Any:
+    top, left = geo.pads[:2]
+    h, w = geo.size
+    out = a[:, :, top:top + h, left:left + w]
+    return out[:, :, 0, :] if one_d else out
+
+
+def _window_sum(xp, geo: ConvGeometry, a_pad: Any) -> Any:
+    """``Σ_{i∈w} a_i`` for every window ``w`` (sum pooling of the padded frame)."""
+    out = xp.zeros(a_pad.shape[:2] + tuple(geo.out), dtype=a_pad.dtype)
+    for rows, cols in _offsets(geo):
+        out += a_pad[:, :, rows, cols]
+    return out
+
+
+def _spread(xp, geo: ConvGeometry, q: Any, frame: tuple[int, ...]) -> Any:
+    """The transpose of :func:`_window_sum`: every input position receives the sum of ``q`` over its windows."""
+    out = xp.zeros(frame, dtype=q.dtype)
+    for rows, cols in _offsets(geo):
+        out[:, :, rows, cols] += q
+    return out
+
+
+@rule("MaxPool", needs=needs_input)
+def max_pool(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = Σ_w p_w [i = first argmax of w]`` (identical in EB and grad; the Indices output takes no signal)."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    geo = _geometry(node, ctx, signals[0])
+    p = _four_d(signals[0])
+    x_pad = _padded(xp, geo, _four_d(x), -xp.inf)
+    best, arg = None, None
+    for k, (rows, cols) in enumerate(_offsets(geo)):
+        v = x_pad[:, :, rows, cols]
+        if best is None:
+            best, arg = v, xp.zeros(v.shape, dtype=xp.int32)
+            continue
+        better = v > best
+        best, arg = xp.where(better, v, best), xp.where(better, k, arg)
+    out = xp.zeros(x_pad.shape, dtype=p.dtype)
+    for k, (rows, cols) in enumerate(_offsets(geo)):
+        out[:, :, rows, cols] += xp.where(arg == k, p, 0)
+    return [_crop(geo, out, x.ndim == 3)]
+
+
+@rule("GlobalMaxPool", needs=needs_input)
+def global_max_pool(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """The whole signal of each channel goes to its first spatial maximum (row-major)."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    hit = xp.arange(flat.shape[2]) == flat.argmax(axis=2)[..., None]
+    return [(hit * signals[0].reshape(x.shape[0], x.shape[1], 1)).reshape(x.shape)]
+
+
+@rule("AveragePool", modes=("eb",), needs=needs_input)
+def average_pool_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = x_i Σ_w p_w ⊘ S_w`` with ``S_w = Σ_{i'∈w} x_{i'}`` and ``S_w ≤ 0 → 0`` (spec §2.2; pads add 0)."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    geo = _geometry(node, ctx, signals[0])
+    x_pad = _padded(xp, geo, _four_d(x), 0.0)
+    total = _window_sum(xp, geo, x_pad)
+    q = safe_divide(xp, _four_d(signals[0]), xp.where(total > 0, total, 0))
+    return [x * _crop(geo, _spread(xp, geo, q, x_pad.shape), x.ndim == 3)]
+
+
+@rule("AveragePool", modes=("grad",), needs=needs_nothing)
+def average_pool_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = Σ_w p_w / count_w``; ``count_w`` counts the explicit pads when ``count_include_pad`` (never the
+    ``ceil_mode`` overhang)."""
+    xp = ctx.xp
+    shape = ctx.shape(node.inputs[0])
+    geo = _geometry(node, ctx, signals[0])
+    ones = xp.ones(shape, dtype=signals[0].dtype)
+    include = 1.0 if int(node.attr("count_include_pad", 0)) else 0.0
+    frame = _padded(xp, geo, _four_d(ones), 0.0, pad_fill=include)
+    count = _window_sum(xp, geo, frame)
+    return [_crop(geo, _spread(xp, geo, _four_d(signals[0]) / count, frame.shape), len(shape) == 3)]
+
+
+@rule("GlobalAveragePool", modes=("eb",), needs=needs_input)
+def global_average_pool_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = x_i p_c ⊘ S_c`` over each channel's spatial positions, ``S_c ≤ 0 → 0`` (spec §2.2)."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    axes = tuple(range(2, x.ndim))
+    total = x.sum(axis=axes, keepdims=True)
+    return [x * safe_divide(xp, signals[0], xp.where(total > 0, total, 0))]
+
+
+@rule("GlobalAveragePool", modes=("grad",), needs=needs_nothing)
+def global_average_pool_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = p_c / (h·w)``."""
+    xp = ctx.xp
+    shape = ctx.shape(node.inputs[0])
+    count = 1
+    for size in shape[2:]:
+        count *= size
+    return [xp.broadcast_to(signals[0] / count, shape).copy()]

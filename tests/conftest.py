@@ -1,0 +1,58 @@
+"""Shared fixtures: building tiny ONNX graphs and running the backward walk on them with a chosen top signal."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from ebr_onnx.forward import ForwardRunner
+from ebr_onnx.graph import ModelGraph
+from ebr_onnx.walk import RuleContext, required_values, walk
+
+
+def build_model(nodes: list[onnx.NodeProto], inputs: dict[str, list], outputs: list[str],
+                initializers: dict[str, np.ndarray] | None = None, opset: int = 17) -> onnx.ModelProto:
+    """A float32 model of ``nodes``; ``inputs`` maps names to shapes (strings for free dimensions); the outputs'
+    types and shapes are inferred."""
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, shape) for k, shape in inputs.items()],
+        [helper.make_tensor_value_info(k, onnx.TensorProto.UNDEFINED, None) for k in outputs],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def run_backprop(model: onnx.ModelProto, feeds: dict[str, np.ndarray], seed: np.ndarray | dict[str, np.ndarray],
+                 mode: str = "eb", sources: list[str] | None = None, **options: Any
+                 ) -> tuple[dict[str, np.ndarray], RuleContext]:
+    """Walk ``seed`` (a signal at the first graph output, or signals by output name) down to ``sources`` (default:
+    every fed input) in float64.
+
+    Returns the signal at each source (zeros where none arrived) and the rule context (its ``warnings``)."""
+    graph = ModelGraph(model)
+    sources = list(sources or feeds)
+    seeds = seed if isinstance(seed, dict) else {graph.outputs[0]: seed}
+    nodes = graph.nodes_between(sources, list(seeds))
+    shapes = graph.concrete_shapes({k: np.shape(v) for k, v in feeds.items()})
+    wanted = sorted(n for n in required_values(nodes, mode) if n and not graph.is_constant(n))
+    values = ForwardRunner(graph).run(feeds, wanted)
+    ctx = RuleContext(graph, np, mode, values, shapes, graph.signal_tensors(sources), dtype=np.float64,
+                      options={"add_rule": "proportional", **options})
+    got = walk(ctx, nodes, {k: np.asarray(v, np.float64) for k, v in seeds.items()}, keep=set(sources))
+    return {s: got.get(s, np.zeros(np.shape(feeds[s]))) for s in sources}, ctx
+
+
+@pytest.fixture(scope="session")
+def make_model() -> Callable[..., onnx.ModelProto]:
+    return build_model
+
+
+@pytest.fixture(scope="session")
+def backprop() -> Callable[..., tuple[dict[str, np.ndarray], RuleContext]]:
+    return run_backprop
+
