@@ -156,3 +156,49 @@ def global_average_pool_grad(node: Node, ctx, signals: Sequence[Any]) -> list[An
     for size in shape[2:]:
         count *= size
     return [xp.broadcast_to(signals[0] / count, shape).copy()]
+
+
+def _reduced_axes(node: Node, ctx) -> tuple[tuple[int, ...], bool]:
+    """The axes a ReduceMean/ReduceSum reduces (attribute before opset 18, input after) and its ``keepdims``."""
+    rank = len(ctx.shape(node.inputs[0]))
+    axes = node.attr("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        axes = [int(a) for a in ctx.graph.constant(node.inputs[1]).reshape(-1)] \
+            if ctx.graph.is_constant(node.inputs[1]) else None
+        if axes is None:
+            raise EbrError(f"{node.op_type} node {node.name!r} takes its axes from a computed tensor; "
+                           "ebr_onnx supports constant axes")
+    if not axes:
+        axes = [] if node.attr("noop_with_empty_axes", 0) else list(range(rank))
+    return tuple(sorted(a % rank for a in axes)), bool(node.attr("keepdims", 1))
+
+
+def _kept(xp, p: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
+    return p if keepdims else xp.expand_dims(p, axes)
+
+
+@rule(["ReduceMean", "ReduceSum"], modes=("eb",), needs=needs_input)
+def reduce_mean_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """Eq. 8 with equal positive weights: ``p'_i = x_i p ⊘ Σ_{reduced} x``, ``Σ ≤ 0 → 0`` (as average pooling)."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    axes, keepdims = _reduced_axes(node, ctx)
+    if not axes:
+        return [signals[0], None]
+    total = x.sum(axis=axes, keepdims=True)
+    return [x * safe_divide(xp, _kept(xp, signals[0], axes, keepdims), xp.where(total > 0, total, 0)), None]
+
+
+@rule(["ReduceMean", "ReduceSum"], modes=("grad",), needs=needs_nothing)
+def reduce_mean_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = p / n`` (ReduceMean over n elements) or ``p`` (ReduceSum), broadcast back."""
+    xp = ctx.xp
+    shape = ctx.shape(node.inputs[0])
+    axes, keepdims = _reduced_axes(node, ctx)
+    p = _kept(xp, signals[0], axes, keepdims)
+    if node.op_type == "ReduceMean":
+        count = 1
+        for a in axes:
+            count *= shape[a]
+        p = p / count
+    return [xp.broadcast_to(p, shape).copy(), None]
