@@ -23,7 +23,8 @@ import onnx
 from .backend import array_module, to_numpy
 from .errors import EbrError
 from .forward import ForwardRunner
-from .graph import ModelGraph, Node
+from .graph import ModelGraph, Node, load_onnx
+from .unroll import has_loops, unroll_loops
 from .walk import RuleContext, required_values, walk
 
 CNN_METHODS = ("eb", "ceb", "grad", "grad_x_input")
@@ -31,7 +32,8 @@ RECURRENT_METHODS = ("ebr", "cebr", "gradr")
 METHODS = CNN_METHODS + RECURRENT_METHODS
 LINEAR_OPS = ("Gemm", "MatMul", "Conv")
 #: Ops between a classifier and the logits that do not change which unit is which.
-_PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout", "Transpose", "Add", "Sub")
+_PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout", "Transpose", "Add", "Sub", "Gather",
+                 "Slice")
 _SOFTMAX = ("Softmax", "LogSoftmax")
 
 Target = int | str | Sequence[int | str] | None
@@ -79,7 +81,8 @@ class Explainer:
         threads: int | None = None,
         add_rule: str = "proportional",
     ) -> None:
-        self.graph = ModelGraph(model)
+        proto = load_onnx(model)
+        self.graph = ModelGraph(unroll_loops(proto) if has_loops(proto) else proto)
         self.device = device
         self.xp = array_module(device)
         self.runner = ForwardRunner(self.graph, device, threads)

@@ -1,0 +1,119 @@
+"""``ebr-onnx inspect``: what ebr_onnx finds in a model — the ops on the signal path and whether each has a rule, each
+recurrence (fused op, unrolled cell, Loop, Scan) with its direction, the RNN→CNN boundary, the classifier, and the
+candidate map layers."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .errors import EbrError
+from .explainer import Explainer
+from .graph import load_onnx
+from .rules import registry
+
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+MAP_LAYER_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "BatchNormalization")
+
+
+def _shape(explainer: Explainer, name: str) -> list[Any] | None:
+    dims = explainer.graph.shapes.get(name)
+    return list(dims) if dims is not None else None
+
+
+def describe(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+    """A JSON-able report of the model as the engine sees it."""
+    loops = [{"name": n.name or n.op_type, "op_type": n.op_type} for n in load_onnx(model).graph.node
+             if n.op_type in ("Loop", "Scan")]
+    ex = Explainer(model)
+    graph = ex.graph
+    logits = ex.logits_tensor()
+    path = graph.nodes_between([ex.input_name], [logits])
+    counts = Counter(n.op_type for n in path)
+    unsupported = [{"node": n.name, "op_type": n.op_type} for n in path
+                   if registry.find_rule(n.op_type, "eb") is None or registry.find_rule(n.op_type, "grad") is None]
+    report: dict[str, Any] = {
+        "model": str(model) if not isinstance(model, onnx.ModelProto) else graph.model.graph.name,
+        "opset": graph.opset,
+        "inputs": {name: _shape(ex, name) for name in graph.inputs},
+        "explained_input": ex.input_name,
+        "outputs": {name: _shape(ex, name) for name in graph.outputs},
+        "logits": logits,
+        "labels": len(ex.labels) if ex.labels else None,
+        "ops_on_signal_path": dict(sorted(counts.items())),
+        "ops_without_rules": unsupported,
+        "loops_unrolled": loops,
+        "recurrences": [],
+        "boundary": None,
+        "classifier": None,
+        "map_layers": [],
+    }
+    try:
+        report["classifier"] = ex.find_classifier(logits).name
+    except EbrError as exc:
+        report["classifier_problem"] = str(exc)
+    from .temporal import plan
+
+    try:
+        parts = plan(ex, logits, None)
+    except EbrError as exc:
+        report["recurrence_problem"] = str(exc)
+        parts = None
+    if parts is not None:
+        report["boundary"] = parts.boundary
+        report["frames_tensor"] = parts.frames
+        for node in parts.recurrent:
+            report["recurrences"].append({
+                "kind": "fused op", "node": node.name, "op_type": node.op_type,
+                "direction": node.attr("direction", "forward"), "layout": int(node.attr("layout", 0)),
+                "hidden_size": node.attr("hidden_size"), "activations": node.attr("activations"),
+                "time_axis": 1 if node.attr("layout", 0) else 0,
+            })
+        for cell in parts.cells:
+            report["recurrences"].append({"kind": f"unrolled {type(cell).__name__}", "step_inputs": list(cell.x_inputs)})
+    cnn_side = graph.nodes_between([ex.input_name], [report["boundary"] or logits])
+    report["map_layers"] = [
+        {"tensor": n.outputs[0], "op_type": n.op_type, "shape": _shape(ex, n.outputs[0])}
+        for n in cnn_side if n.op_type in MAP_LAYER_OPS
+    ]
+    recorded = graph.metadata_json("ebr_onnx.map_layer")
+    if recorded:
+        report["recommended_map_layer"] = recorded
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text for a terminal."""
+    lines = [f"model: {report['model']} (opset {report['opset']})",
+             f"inputs: {report['inputs']}  (explained: {report['explained_input']})",
+             f"outputs: {report['outputs']}  (prior set on: {report['logits']})"]
+    if report["labels"]:
+        lines.append(f"labels: {report['labels']} classes")
+    ops = ", ".join(f"{op}×{n}" for op, n in report["ops_on_signal_path"].items())
+    lines.append(f"ops on the signal path: {ops}")
+    if report["ops_without_rules"]:
+        lines.append("ops WITHOUT rules: " + ", ".join(f"{u['node']} ({u['op_type']})"
+                                                       for u in report["ops_without_rules"]))
+    else:
+        lines.append("every op on the signal path has EB and gradient rules")
+    for loop in report["loops_unrolled"]:
+        lines.append(f"{loop['op_type']} {loop['name']!r}: unrolled into per-step ops on load")
+    for rec in report["recurrences"]:
+        if rec["kind"] == "fused op":
+            lines.append(f"recurrence: {rec['op_type']} {rec['node']!r}, {rec['direction']}, layout {rec['layout']} "
+                         f"(time axis {rec['time_axis']}), hidden {rec['hidden_size']}, "
+                         f"activations {rec['activations'] or 'default'}")
+        else:
+            lines.append(f"recurrence: {rec['kind']} reading {', '.join(rec['step_inputs'][:3])}"
+                         f"{' …' if len(rec['step_inputs']) > 3 else ''}")
+    if "recurrence_problem" in report:
+        lines.append(f"no recurrent part: {report['recurrence_problem']}")
+    lines.append(f"RNN→CNN boundary: {report['boundary']}")
+    lines.append(f"classifier: {report['classifier'] or report.get('classifier_problem')}")
+    layers = report["map_layers"][-8:]
+    lines.append("candidate map layers (last 8): " + ", ".join(f"{m['tensor']} {m['shape']}" for m in layers))
+    if "recommended_map_layer" in report:
+        lines.append(f"recommended map layer: {report['recommended_map_layer']}")
+    return "\n".join(lines)
