@@ -1,0 +1,232 @@
+"""Tiny recurrent models built with onnx.helper for the cell tests: the same LSTM or GRU (ReLU or tanh) as one fused
+op and unrolled into primitive ops in PyTorch's and Keras's forms, plus a walk driver and a NumPy reference of the
+release's EB-R pass (``shared/spec/caffe-reference.md`` §3.4)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ebr_onnx.cells import cell_needs, cell_overrides, find_cells
+from ebr_onnx.explainer import Explainer
+from ebr_onnx.walk import walk
+
+OPSET = 17
+
+
+@dataclass
+class Weights:
+    """ONNX-order weights (LSTM i, o, f, c; GRU z, r, h) of one forward recurrent layer, a feature layer V in front
+    and a classifier W8 behind."""
+
+    v: np.ndarray  # (D, D0): x = relu(frames @ V)
+    w: np.ndarray  # (G·H, D)
+    r: np.ndarray  # (G·H, H)
+    wb: np.ndarray  # (G·H,)
+    rb: np.ndarray  # (G·H,)
+    w8: np.ndarray  # (K, H)
+    b8: np.ndarray  # (K,)
+
+    @classmethod
+    def random(cls, d0: int = 5, d: int = 6, h: int = 4, k: int = 3, seed: int = 0, gates: int = 4) -> "Weights":
+        rng = np.random.default_rng(seed)
+        f = lambda *s: rng.normal(0, 0.6, s).astype(np.float32)  # noqa: E731
+        return cls(f(d0, d), f(gates * h, d), f(gates * h, h), f(gates * h), f(gates * h), f(k, h), f(k))
+
+
+def _init(name: str, array: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _model(nodes, inits, steps: int, batch: int, d0: int, classes: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "lstm",
+        [helper.make_tensor_value_info("frames", TensorProto.FLOAT, [steps, batch, d0])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [steps, batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _front(p: Weights) -> tuple[list, list]:
+    nodes = [helper.make_node("MatMul", ["frames", "V"], ["pre"], name="fc"),
+             helper.make_node("Relu", ["pre"], ["x"], name="relu")]
+    return nodes, [_init("V", p.v)]
+
+
+def _back(p: Weights, hidden_seq: str) -> tuple[list, list]:
+    nodes = [helper.make_node("MatMul", [hidden_seq, "W8_T"], ["scores"], name="classifier"),
+             helper.make_node("Add", ["scores", "b8"], ["logits"], name="classifier_bias")]
+    return nodes, [_init("W8_T", p.w8.T.copy()), _init("b8", p.b8)]
+
+
+def fused_lstm(p: Weights, steps: int, batch: int = 1, act: str = "Relu") -> onnx.ModelProto:
+    """frames → relu(frames V) → LSTM (activations Sigmoid, act, act) → per-step classifier."""
+    front, inits = _front(p)
+    lstm = helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y"], name="lstm", hidden_size=p.r.shape[1],
+                            activations=["Sigmoid", act, act])
+    squeeze = helper.make_node("Squeeze", ["Y", "axis1"], ["hs"], name="squeeze")
+    back, back_inits = _back(p, "hs")
+    inits += [_init("W", p.w[None]), _init("R", p.r[None]), _init("B", np.concatenate([p.wb, p.rb])[None]),
+              _init("axis1", np.array([1], np.int64))] + back_inits
+    return _model(front + [lstm, squeeze] + back, inits, steps, batch, p.v.shape[0], p.w8.shape[0])
+
+
+def unrolled_lstm(p: Weights, steps: int, batch: int = 1, act: str = "Relu", style: str = "pytorch"
+                  ) -> onnx.ModelProto:
+    """The same network with the LSTM unrolled: ``style="pytorch"`` as PyTorch exports an ``LSTMCell`` loop
+    (Gemm(x) + Gemm(h) → Split), ``"keras"`` as a Keras cell (MatMul(x) + MatMul(h), one bias add, gates sliced)."""
+    front, inits = _front(p)
+    hidden = p.r.shape[1]
+    inits += [_init("h_init", np.zeros((batch, hidden), np.float32)),
+              _init("c_init", np.zeros((batch, hidden), np.float32)), _init("axis0", np.array([0], np.int64))]
+    if style == "pytorch":
+        inits += [_init("W_ih", p.w), _init("W_hh", p.r), _init("b_ih", p.wb), _init("b_hh", p.rb)]
+    else:
+        inits += [_init("W_T", p.w.T.copy()), _init("R_T", p.r.T.copy()), _init("b", p.wb + p.rb),
+                  _init("axis1", np.array([1], np.int64))]
+        inits += [_init(f"at{k}", np.array([k * hidden], np.int64)) for k in range(5)]
+    nodes = []
+    h, c, seq = "h_init", "c_init", []
+    for t in range(steps):
+        n = lambda op, ins, out, **kw: nodes.append(  # noqa: E731
+            helper.make_node(op, ins, [f"{out}_{t}"], name=f"{out}_{t}", **kw)) or f"{out}_{t}"
+        inits.append(_init(f"t{t}", np.array(t, np.int64)))
+        x_t = n("Gather", ["x", f"t{t}"], "x", axis=0)
+        if style == "pytorch":
+            a = n("Add", [n("Gemm", [h, "W_hh", "b_hh"], "hr", transB=1),
+                          n("Gemm", [x_t, "W_ih", "b_ih"], "xw", transB=1)], "gates")
+            names = [f"a_{g}_{t}" for g in "iofc"]
+            nodes.append(helper.make_node("Split", [a], names, name=f"split_{t}", axis=1))
+        else:
+            a = n("Add", [n("Add", [n("MatMul", [x_t, "W_T"], "xw"), n("MatMul", [h, "R_T"], "hr")], "sum"), "b"],
+                  "gates")
+            for k, g in enumerate("iofc"):
+                n("Slice", [a, f"at{k}", f"at{k + 1}", "axis1"], f"a_{g}")
+        i, o, f = (n("Sigmoid", [f"a_{g}_{t}"], g) for g in "iof")
+        g = n(act, [f"a_c_{t}"], "g")
+        c = n("Add", [n("Mul", [f, c], "fc"), n("Mul", [i, g], "ig")], "c")
+        h = n("Mul", [o, n(act, [c], "act_c")], "h")
+        seq.append(n("Unsqueeze", [h, "axis0"], "h_seq"))
+    nodes.append(helper.make_node("Concat", seq, ["hs"], name="concat", axis=0))
+    back, back_inits = _back(p, "hs")
+    return _model(front + nodes + back, inits + back_inits, steps, batch, p.v.shape[0], p.w8.shape[0])
+
+
+def fused_gru(p: Weights, steps: int, batch: int = 1, act: str = "Relu", linear_before_reset: int = 1
+              ) -> onnx.ModelProto:
+    """frames → relu(frames V) → GRU (activations Sigmoid, act) → per-step classifier."""
+    front, inits = _front(p)
+    gru = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y"], name="gru", hidden_size=p.r.shape[1],
+                           activations=["Sigmoid", act], linear_before_reset=linear_before_reset)
+    squeeze = helper.make_node("Squeeze", ["Y", "axis1"], ["hs"], name="squeeze")
+    back, back_inits = _back(p, "hs")
+    inits += [_init("W", p.w[None]), _init("R", p.r[None]), _init("B", np.concatenate([p.wb, p.rb])[None]),
+              _init("axis1", np.array([1], np.int64))] + back_inits
+    return _model(front + [gru, squeeze] + back, inits, steps, batch, p.v.shape[0], p.w8.shape[0])
+
+
+def unrolled_gru(p: Weights, steps: int, batch: int = 1, act: str = "Relu", style: str = "pytorch"
+                 ) -> onnx.ModelProto:
+    """The GRU unrolled: ``style="pytorch"`` as PyTorch exports a ``GRUCell`` loop (reset after the recurrent
+    projection, ``h = h̃ + z ⊙ (h_{t−1} − h̃)``; the fused op's ``linear_before_reset=1``), ``"keras"`` as a Keras cell
+    with ``reset_after=False`` (``h̃ = act(W_h x + R_h (r ⊙ h) + b)``, ``h = z ⊙ h_{t−1} + (1 − z) ⊙ h̃``;
+    ``linear_before_reset=0``)."""
+    front, inits = _front(p)
+    hidden = p.r.shape[1]
+    inits += [_init("b_ih", p.wb), _init("h_init", np.zeros((batch, hidden), np.float32)),
+              _init("axis0", np.array([0], np.int64))]
+    if style == "pytorch":
+        inits += [_init("W_ih", p.w), _init("W_hh", p.r), _init("b_hh", p.rb)]
+    else:
+        inits += [_init("W_T", p.w.T.copy()), _init("R_zr_T", p.r[:2 * hidden].T.copy()),
+                  _init("R_h_T", p.r[2 * hidden:].T.copy()), _init("b_zr", p.rb[:2 * hidden]),
+                  _init("b_h", p.rb[2 * hidden:]), _init("one", np.ones((), np.float32)),
+                  _init("axis1", np.array([1], np.int64))]
+        inits += [_init(f"at{k}", np.array([k * hidden], np.int64)) for k in range(3)]
+    nodes = []
+    h, seq = "h_init", []
+    for t in range(steps):
+        n = lambda op, ins, out, **kw: nodes.append(  # noqa: E731
+            helper.make_node(op, ins, [f"{out}_{t}"], name=f"{out}_{t}", **kw)) or f"{out}_{t}"
+        inits.append(_init(f"t{t}", np.array(t, np.int64)))
+        x_t = n("Gather", ["x", f"t{t}"], "x", axis=0)
+        if style == "pytorch":
+            xw, hr = n("Gemm", [x_t, "W_ih", "b_ih"], "xw", transB=1), n("Gemm", [h, "W_hh", "b_hh"], "hr", transB=1)
+            for src in (xw, hr):
+                nodes.append(helper.make_node("Split", [src], [f"{src}_{g}" for g in "zrh"], name=f"split_{src}",
+                                              axis=1))
+            z = n("Sigmoid", [n("Add", [f"{hr}_z", f"{xw}_z"], "a_z")], "z")
+            r = n("Sigmoid", [n("Add", [f"{hr}_r", f"{xw}_r"], "a_r")], "r")
+            hh = n(act, [n("Add", [f"{xw}_h", n("Mul", [f"{hr}_h", r], "reset")], "a_h")], "hh")
+            h = n("Add", [n("Mul", [n("Sub", [h, hh], "diff"), z], "move"), hh], "h")
+        else:
+            xw = n("Add", [n("MatMul", [x_t, "W_T"], "xw_mm"), "b_ih"], "xw")
+            nodes.append(helper.make_node("Split", [xw], [f"{xw}_{g}" for g in "zrh"], name=f"split_{xw}", axis=1))
+            rec = n("Add", [n("MatMul", [h, "R_zr_T"], "rec_mm"), "b_zr"], "rec")
+            rz, rr = (n("Slice", [rec, f"at{k}", f"at{k + 1}", "axis1"], f"rec_{g}") for k, g in enumerate("zr"))
+            z = n("Sigmoid", [n("Add", [f"{xw}_z", rz], "a_z")], "z")
+            r = n("Sigmoid", [n("Add", [f"{xw}_r", rr], "a_r")], "r")
+            rh = n("Add", [n("MatMul", [n("Mul", [r, h], "reset"), "R_h_T"], "rh_mm"), "b_h"], "rh")
+            hh = n(act, [n("Add", [f"{xw}_h", rh], "a_h")], "hh")
+            h = n("Add", [n("Mul", [z, h], "keep"), n("Mul", [n("Sub", ["one", z], "not_z"), hh], "write")], "h")
+        seq.append(n("Unsqueeze", [h, "axis0"], "h_seq"))
+    nodes.append(helper.make_node("Concat", seq, ["hs"], name="concat", axis=0))
+    back, back_inits = _back(p, "hs")
+    return _model(front + nodes + back, inits + back_inits, steps, batch, p.v.shape[0], p.w8.shape[0])
+
+
+def walk_to(model: onnx.ModelProto, frames: np.ndarray, layer: str, mode: str, rules: str | None,
+            target: int, step: int = -1, negate: bool = False, classifier: str = "classifier",
+            logits: str = "logits") -> np.ndarray:
+    """One backward pass from a one-hot at ``logits[step, :, target]`` to ``layer``, with the unrolled cells' rule
+    set ``rules`` (``None``: registry rules only); ``negate`` runs the contrastive dual (``classifier`` negated)."""
+    ex = Explainer(model)
+    g = ex.graph
+    nodes = g.nodes_between([layer], [logits])
+    cells = find_cells(g)
+    overrides = cell_overrides(g, cells, rules) if rules else {}
+    hook = cell_needs(g, cells, rules) if rules else None
+    feeds = ex.feeds({ex.input_name: frames})  # with the defaults of other inputs (clip markers)
+    shapes = ex.shapes_for(feeds)
+    values = ex.runner.run(feeds, ex.capture_plan(nodes, mode, shapes, [logits], overrides_needs=hook))
+    ctx = ex.context(mode, values, shapes, overrides=overrides, options={"recurrent_rules": rules or "caffe"},
+                     negated=frozenset({classifier}) if negate else frozenset())
+    top = np.zeros_like(values[logits])
+    top[step, ..., target] = 1
+    return walk(ctx, nodes, {logits: top}, keep={layer})[layer]
+
+
+def release_pass(p: Weights, x: np.ndarray, target: int, sign: float = 1.0, order: str = "iofc") -> np.ndarray:
+    """The release's EB-R pass at the LSTM input, in float64 (spec §3.4, N = 1, prior at the last step, ReLU-LSTM,
+    gates stacked in ``order``: ONNX's i, o, f, c or Caffe's i, f, o, c): the classifier's Eq. 8, the unit's
+    gradient, no h-to-h signal, Eq. 8 over x_t at W."""
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    x = x[:, 0].astype(np.float64)
+    steps, hidden = x.shape[0], p.r.shape[1]
+    h, c, cache = np.zeros(hidden), np.zeros(hidden), []
+    for t in range(steps):
+        a = p.w @ x[t] + p.wb + p.r @ h + p.rb
+        gate = dict(zip(order, np.split(a, 4)))
+        a_c = gate["c"]
+        i, o, f, g = sig(gate["i"]), sig(gate["o"]), sig(gate["f"]), relu(a_c)
+        c_prev, c = c, f * c + i * g
+        h = o * relu(c)
+        cache.append((i, o, f, g, a_c, c_prev, c))
+    w8 = relu(sign * p.w8[target].astype(np.float64))
+    e = h * w8 / (w8 @ h) if w8 @ h else np.zeros(hidden)
+    dh, dc, da = e, np.zeros(hidden), np.zeros((steps, 4 * hidden))
+    for t in reversed(range(steps)):
+        i, o, f, g, a_c, c_prev, c = cache[t]
+        kappa = dc + dh * o * (c > 0)
+        delta = {"i": kappa * g * i * (1 - i), "o": dh * relu(c) * o * (1 - o), "f": kappa * c_prev * f * (1 - f),
+                 "c": kappa * i * (a_c > 0)}
+        da[t] = np.concatenate([delta[k] for k in order])
+        dc, dh = f * kappa, np.zeros(hidden)
+    w_pos = relu(p.w.astype(np.float64))
+    z = x @ w_pos.T
+    q = np.divide(da, z, out=np.zeros_like(da), where=z != 0)
+    return (x * (q @ w_pos))[:, None]
