@@ -29,6 +29,7 @@ def _ground_parser(sub) -> None:
     p.add_argument("--every", type=int, default=1, help="keep every k-th frame")
     p.add_argument("--fps", type=float, help="resample the video to this frame rate")
     p.add_argument("--preset", help="preprocessing preset: caffe-ucf101, imagenet (default: the model's)")
+    p.add_argument("--labels", help="class names, one per line (default: the labels in the model's metadata)")
     p.add_argument("--recurrent-rules", default="caffe", choices=("caffe", "excitation"))
     p.add_argument("--time-step", type=int, default=-1, help="time step of the prior (default: the last)")
     p.add_argument("--mp4", action="store_true", help="also write overlay.mp4")
@@ -76,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     options = GroundOptions(
         target=target, method=args.method, layer=args.layer, frames=args.frames, stride=args.stride,
         every=args.every, fps=args.fps, preset=args.preset, recurrent_rules=args.recurrent_rules,
-        time_step=args.time_step, quiet=args.quiet, animations=("gif", "mp4") if args.mp4 else ("gif",),
+        time_step=args.time_step, quiet=args.quiet, labels=args.labels, animations=("gif", "mp4") if args.mp4 else ("gif",),
     )
     video = args.video
     if video.endswith(".npy"):

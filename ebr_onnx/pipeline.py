@@ -36,6 +36,7 @@ class GroundOptions:
     time_step: int = -1
     quiet: bool = False
     animations: Sequence[str] = ("gif",)
+    labels: str | None = None
 
 
 def model_preprocess(ex: Explainer, preset: str | None) -> Preprocess:
@@ -79,7 +80,7 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
            truth: tuple[int, int] | None = None) -> dict[str, Any]:
     """Ground ``options.target`` in every clip of ``video`` and write the results under ``out``; returns the summary."""
     started = time.perf_counter()
-    ex = Explainer(model)
+    ex = Explainer(model, labels=options.labels)
     spec = model_preprocess(ex, options.preset)
     T = clip_length(ex, options.frames)
     layer = options.layer or ex.graph.metadata_json("ebr_onnx.map_layer")

@@ -138,6 +138,17 @@ def test_vgg16_lstm_release_converts_and_runs_16_frames():
     (probs,) = session.run(None, feeds)
     assert probs.shape == (16, 1, 101)
     np.testing.assert_allclose(probs.sum(axis=2), 1, rtol=1e-5)
+    del session
+    # With the engine: cEB-R from fc8-final to conv5_1 (the release's notebook flow) gives one 14×14 map per frame.
+    from ebr_onnx import Explainer
+
+    labels = (RELEASE / "VGG16_LSTM" / "catName.txt").read_text().split()
+    clip = np.random.default_rng(1).normal(0, 60, (16, 3, 224, 224)).astype(np.float32)
+    res = Explainer(model, labels=labels).explain(clip, target="HorseRiding", method="cebr", layer="conv5_1")
+    assert res.maps.shape == (16, 14, 14) and res.temporal.shape == (16,)
+    assert np.isfinite(res.maps).all()
+    assert res.info["boundary"] in ("fc7", "fc7/pre_drop7")  # the same values: drop7 is the identity
+    np.testing.assert_allclose(res.info["boundary_signal"].sum(), 0.0, atol=1e-5)
 
 
 # --- inputs, phases, names --------------------------------------------------------------------------------------------
