@@ -77,7 +77,8 @@ def _run(args: argparse.Namespace) -> int:
     options = GroundOptions(
         target=target, method=args.method, layer=args.layer, frames=args.frames, stride=args.stride,
         every=args.every, fps=args.fps, preset=args.preset, recurrent_rules=args.recurrent_rules,
-        time_step=args.time_step, quiet=args.quiet, labels=args.labels, animations=("gif", "mp4") if args.mp4 else ("gif",),
+        time_step=args.time_step, quiet=args.quiet, labels=args.labels,
+        animations=("gif", "mp4") if args.mp4 else ("gif",),
     )
     video = args.video
     if video.endswith(".npy"):
