@@ -24,6 +24,7 @@ from .backend import array_module, to_numpy
 from .errors import EbrError
 from .forward import ForwardRunner
 from .graph import ModelGraph, Node, load_onnx
+from .kernels import KernelCache
 from .unroll import has_loops, unroll_loops
 from .walk import RuleContext, required_values, walk
 
@@ -44,9 +45,10 @@ class ExplainResult:
     """Maps and what produced them.
 
     ``maps`` is the signal at ``layer`` summed over channels ((N, h, w) for a 4-D layer; the signal itself for a 2-D
-    one); ``signal`` the full signal; ``temporal`` the per-frame sums of the maps (recurrent methods); ``output`` the
-    forward values of the target tensor; ``mass`` the total signal per example at the top and at ``layer``
-    (conservation check, as captum's convergence delta).
+    one; recurrent methods: (T, h, w), summing the axis the graph feeds to Conv as channels, channels-last too, over
+    all per-frame copies of the layer); ``signal`` the full signal; ``temporal`` the per-frame sums of the maps
+    (recurrent methods); ``output`` the forward values of the target tensor; ``mass`` the total signal per example at
+    the top and at ``layer`` (conservation check, as captum's convergence delta).
     """
 
     maps: np.ndarray
@@ -86,6 +88,7 @@ class Explainer:
         self.device = device
         self.xp = array_module(device)
         self.runner = ForwardRunner(self.graph, device, threads)
+        self.kernels = KernelCache(threads) if device == "cpu" else None
         if input_name is not None and input_name not in self.graph.inputs:
             raise EbrError(f"input {input_name!r} is not a model input; inputs: {', '.join(self.graph.inputs)}")
         if not self.graph.inputs:
@@ -212,7 +215,7 @@ class Explainer:
                 ) -> RuleContext:
         options = {"add_rule": self.add_rule, **kw.pop("options", {})}
         return RuleContext(self.graph, self.xp, mode, values, shapes, self.signal, dtype=self.dtype,
-                           options=options, **kw)
+                           options=options, kernels=self.kernels, **kw)
 
     def prior(self, logits: np.ndarray, targets: Sequence[int], prior: np.ndarray | None) -> np.ndarray:
         """The top signal: a one-hot on each example's target logit (over a spatial map: the release's spatial

@@ -3,6 +3,12 @@
 Only the tensors the rules read are exposed as extra outputs (exposing every intermediate of VGG-16 costs about
 115 MB per frame); with extra outputs the session is built at ``ORT_ENABLE_EXTENDED``, which keeps memory close to the
 plain forward's (see ``shared/notes/environment.md``).
+
+Sessions are built from the model without its weights (:attr:`ModelGraph.light`, which declares them as inputs), and
+the weights are fed on every run from the graph's NumPy arrays: onnxruntime reads those buffers in place, so the
+process holds one copy of the weights instead of three (ours, the serialized payload's, the session's). This forgoes
+onnxruntime's weight prepacking and NCHWc layout, which capture sessions (``ORT_ENABLE_EXTENDED``) do not use anyway.
+On CUDA the weights stay in the session (feeding them would copy them to the device on every run).
 """
 from __future__ import annotations
 
@@ -30,12 +36,14 @@ class ForwardRunner:
         self.device = device
         self.threads = threads
         self._sessions: dict[tuple[str, ...], object] = {}
+        #: Whether sessions read the weights from the graph's arrays (CPU) instead of holding their own copy.
+        self.shares_weights = device == "cpu"
 
     def _session(self, outputs: tuple[str, ...]):
         if outputs in self._sessions:
             return self._sessions[outputs]
         ort = self._ort
-        model = self.graph.model
+        model = self.graph.light if self.shares_weights else self.graph.model
         declared = {o.name for o in model.graph.output}
         extra = [name for name in outputs if name not in declared]
         options = ort.SessionOptions()
@@ -75,15 +83,17 @@ class ForwardRunner:
         session = self._session(wanted)
         self._check_feeds(session, feeds)
         try:
-            values = session.run(list(wanted), dict(feeds))
+            weights = self.graph.fed_weights() if self.shares_weights else {}
+            values = session.run(list(wanted), {**weights, **feeds})
         except Exception as exc:
             raise EbrError(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
         direct.update(zip(wanted, values))
         return direct
 
-    @staticmethod
-    def _check_feeds(session, feeds: Mapping[str, np.ndarray]) -> None:
+    def _check_feeds(self, session, feeds: Mapping[str, np.ndarray]) -> None:
         for spec in session.get_inputs():
+            if spec.name in self.graph.weights and self.shares_weights:
+                continue
             if spec.name not in feeds:
                 raise EbrError(f"the model needs an input {spec.name!r} of shape {spec.shape}; none was given")
             shape = np.shape(feeds[spec.name])

@@ -13,7 +13,11 @@ are a third case: one tensor with its time axis ``frame_axis``.
 
 The channel axis of a tensor is the one that the graph feeds to a ``Conv`` as its channels (axis 1 of the Conv's
 input), followed forward through layout ops to the nearest ``Conv`` (or, past the last one, from the nearest Conv's
-output); for a channels-last input it is the last axis.
+output); for a channels-last input it is the last axis. The clip's batch axis is followed the same way (it is gone
+where a ``Reshape`` merges it with time).
+
+The same tracing finds the time axis of a recurrent layer's outputs (:func:`trace_time_axis`), through per-step
+classifier copies stacked again by ``Unsqueeze`` + ``Concat`` (tf2onnx's ``TimeDistributed(Dense)``).
 """
 from __future__ import annotations
 
@@ -31,9 +35,13 @@ _SAME_AXES = frozenset({
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Clip", "Identity", "Dropout", "Cast", "Neg",
     "Abs", "Exp", "Log", "Sqrt", "BatchNormalization", "InstanceNormalization", "LRN", "MaxPool", "AveragePool",
     "LpPool", "Pad", "Slice", "Split", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Softmax", "Conv",
-    "ConvTranspose", "Resize", "Upsample", "Concat",
+    "ConvTranspose", "Resize", "Upsample", "Concat", "GlobalAveragePool", "GlobalMaxPool",
 })
 _ALL = None  # frames: a tensor that depends on more than one frame
+
+
+class UntracedLayer(EbrError):
+    """A layer whose frames cannot be told: it mixes them, or they reach it through ops that are not followed."""
 
 
 @dataclass(frozen=True)
@@ -42,19 +50,33 @@ class FrameLayout:
 
     ``tensors``: one tensor per frame in time order (``frame_axis`` None), or one tensor whose ``frame_axis`` holds
     the frames (``stacked``: N·T entries, batch-major; else the time axis, T entries). ``channel_axis``: the axis of
-    each tensor that holds channels (sum it for a spatial map), or None if none can be told.
+    each tensor that holds channels (sum it for a spatial map), or None if none can be told. ``batch_axis``: the axis
+    of each tensor that holds the clip's batch, None where it is merged with the frames (stacked) or absent.
     """
 
     tensors: list[str]
     frame_axis: int | None
     channel_axis: int | None
     stacked: bool = False
+    batch_axis: int | None = None
+
+    def maps(self, signal: np.ndarray) -> np.ndarray:
+        """The per-frame maps of one clip's ``signal`` at this layer (for copies: theirs stacked in time order on a
+        new leading axis): frames first, the channel axis summed and the batch axis (one clip) dropped."""
+        new = int(self.frame_axis is None)  # the copies' axes move up by the stacking axis
+        frame = 0 if self.frame_axis is None else self.frame_axis
+        reduced = tuple(a + new for a in (self.channel_axis, self.batch_axis) if a is not None)
+        if any(a == frame for a in reduced):
+            raise EbrError(f"the frames axis {frame} of a layer is also its channel or batch axis")
+        summed = signal.sum(axis=reduced) if reduced else signal
+        return np.moveaxis(summed, frame - sum(a < frame for a in reduced), 0)
 
 
 def frame_layout(graph: ModelGraph, input_name: str, layer: str | None = None, *, time_axis: int = 1,
-                 input_shape: Sequence[int] | None = None) -> FrameLayout:
+                 input_shape: Sequence[int] | None = None, batch_axis: int | None = 0) -> FrameLayout:
     """The frame layout of ``layer`` (a tensor or node name of any one copy; default: the input) of ``input_name``,
-    whose axis ``time_axis`` is time. ``input_shape`` fixes the input's free dims (default: 2 each)."""
+    whose axis ``time_axis`` is time and ``batch_axis`` (None: none) the clip's batch. ``input_shape`` fixes the
+    input's free dims (default: 2 each)."""
     if input_name not in graph.inputs:
         raise EbrError(f"{input_name!r} is not a model input; inputs: {', '.join(graph.inputs)}")
     tensor = input_name if layer in (None, input_name) else graph.resolve_tensor(layer, "layer")
@@ -63,22 +85,67 @@ def frame_layout(graph: ModelGraph, input_name: str, layer: str | None = None, *
         d if isinstance(d, int) and d > 0 else 2 for d in declared)
     if len(shape) < 2 or not -len(shape) <= time_axis < len(shape):
         raise EbrError(f"input {input_name!r} of shape {shape} has no time axis {time_axis}")
+    if batch_axis is not None and (not -len(shape) <= batch_axis < len(shape) or
+                                   batch_axis % len(shape) == time_axis % len(shape)):
+        raise EbrError(f"input {input_name!r} of shape {shape} has no batch axis {batch_axis} besides its time axis "
+                       f"{time_axis}")
     tracer = _Tracer(graph, input_name, time_axis % len(shape), graph.concrete_shapes({input_name: shape}))
+    if batch_axis is not None:
+        tracer.batch_axis[input_name] = batch_axis % len(shape)
     tracer.run()
     if tensor not in tracer.frames:
         raise EbrError(f"layer {tensor!r} does not depend on the input {input_name!r}")
+    channel, batch = tracer.channel_axis(tensor), tracer.batch_axis.get(tensor)
     if tensor in tracer.time_axis:
-        return FrameLayout([tensor], tracer.time_axis[tensor], tracer.channel_axis(tensor))
+        return FrameLayout([tensor], tracer.time_axis[tensor], channel, batch_axis=batch)
     if tensor in tracer.stacked_axis:
-        return FrameLayout([tensor], tracer.stacked_axis[tensor], tracer.channel_axis(tensor), stacked=True)
+        return FrameLayout([tensor], tracer.stacked_axis[tensor], channel, stacked=True)
     if _single(tracer.frames[tensor]) is None:
-        raise EbrError(
+        raise UntracedLayer(
             f"layer {tensor!r} mixes frames of {input_name!r} (it is past the recurrence, or the frames reach it in a "
             "way ebr_onnx does not trace); supported: per-frame CNN layers, stacked on the batch axis or one copy "
             "per frame"
         )
-    copies = tracer.copies(tensor)
-    return FrameLayout(copies, None, tracer.channel_axis(tensor))
+    return FrameLayout(tracer.copies(tensor), None, channel, batch_axis=batch)
+
+
+def input_time_axis(graph: ModelGraph, input_name: str, frames: str, input_shape: Sequence[int]) -> int | None:
+    """The axis of the input that ``frames`` (the input, or its reshape whose leading axis is the frames, T or N·T)
+    holds on its leading axis; None if the reshapes between them cannot be followed."""
+    shapes = graph.concrete_shapes({input_name: tuple(input_shape)})
+    tracer = _Tracer(graph, input_name, 0, shapes)
+    chain = graph.nodes_between([input_name], [frames])
+    for axis in range(len(input_shape)):
+        src, mapped = input_name, axis
+        for node in chain:
+            if node.op_type in VALUE_FREE_OPS or node.inputs[0] != src:
+                continue  # e.g. a Shape feeding a Reshape its target shape
+            mapped, _ = tracer.map_axis(node, src, node.outputs[0], mapped)
+            if mapped is None:
+                break
+            src = node.outputs[0]
+        if src == frames and mapped == 0:
+            return axis
+    return None
+
+
+#: What :func:`trace_time_axis` returns when the time axis cannot be followed to the end tensor.
+UNTRACED = object()
+
+
+def trace_time_axis(graph: ModelGraph, shapes: dict[str, tuple[int, ...]], start: str, axis: int, end: str
+                    ) -> int | None | object:
+    """The axis of ``end`` that axis ``axis`` (time) of ``start`` becomes, followed through layout ops, linear layers
+    and single steps picked, computed apart and stacked again in order (``Unsqueeze`` + ``Concat``); None when
+    ``end`` is computed from one step only (a classifier on the last step); :data:`UNTRACED` otherwise."""
+    rank = len(shapes.get(start, ()))
+    if not -rank <= axis < rank or not rank:
+        return UNTRACED
+    tracer = _Tracer(graph, start, axis % rank, shapes)
+    tracer.run()
+    if end in tracer.time_axis or end in tracer.stacked_axis:
+        return tracer.time_axis.get(end, tracer.stacked_axis.get(end))
+    return None if end in tracer.frames and _single(tracer.frames[end]) is not None else UNTRACED
 
 
 class _Tracer:
@@ -91,6 +158,7 @@ class _Tracer:
         self.frames: dict[str, frozenset[int] | None] = {input_name: _ALL}
         self.time_axis: dict[str, int] = {input_name: time_axis}
         self.stacked_axis: dict[str, int] = {}
+        self.batch_axis: dict[str, int] = {}
         self.roots: set[str] = set()
         self._signatures: dict[str, tuple] = {}
 
@@ -102,6 +170,7 @@ class _Tracer:
                 continue
             picked = self.picked_frames(node, signal[0])
             for i, out in enumerate(o for o in node.outputs if o):
+                self.follow_batch(node, signal[0], out)
                 if picked is not None:
                     self.frames[out] = frozenset({picked[i]})
                     self.roots.add(out)
@@ -154,6 +223,13 @@ class _Tracer:
                 elif mapped is not None and table is self.time_axis and merged == "previous":
                     self.stacked_axis[out] = mapped
 
+    def follow_batch(self, node: Node, src: str, out: str) -> None:
+        """Carry the clip's batch axis of ``src`` to ``out`` (unless a reshape merges it with another axis)."""
+        if src in self.batch_axis:
+            mapped, merged = self.map_axis(node, src, out, self.batch_axis[src])
+            if mapped is not None and not merged:
+                self.batch_axis[out] = mapped
+
     def restacked_axis(self, node: Node, out: str) -> int | None:
         """The axis of a ``Concat`` that stacks all frames in order (each input one frame, of size 1 on that axis)."""
         rank = len(self.shapes.get(out, ()))
@@ -193,15 +269,31 @@ class _Tracer:
             g = node.attr("axis", 0) % in_rank
             k = self.rank(node.inputs[1])
             return (None, None) if axis == g else ((axis + k - 1, None) if axis > g else (axis, None))
+        if op in ("MatMul", "Gemm"):
+            return self.linear_axis(node, src, axis, in_rank, out_rank), None
         if op in ("Reshape", "Flatten"):
             return _reshape_axis(self.shapes.get(src), self.shapes.get(out), axis)
         return None, None
 
+    @staticmethod
+    def linear_axis(node: Node, src: str, axis: int, in_rank: int, out_rank: int) -> int | None:
+        """Where ``axis`` of a MatMul's or Gemm's signal input ``src`` is in its output: the batch axes and the rows
+        of the first operand stay; the contracted axis and the second operand's axes (but its batch ones) go."""
+        first = src == node.inputs[0]
+        if node.op_type == "Gemm":
+            return 0 if first and axis == 0 and not node.attr("transA", 0) else None
+        kept = in_rank - 1 if first else in_rank - 2  # MatMul: A's rows are kept, B's batch axes only
+        return axis + out_rank - in_rank if axis < kept else None
+
     def axes(self, node: Node) -> list[int] | None:
+        """A Squeeze's or Unsqueeze's axes (attribute or constant input; a Squeeze without: the input's 1s)."""
         if node.attr("axes") is not None:
             return list(node.attr("axes"))
-        value = self.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
-        return None if value is None else [int(a) for a in np.ravel(value)]
+        if len(node.inputs) > 1 and node.inputs[1]:
+            value = self.const(node.inputs[1])
+            return None if value is None else [int(a) for a in np.ravel(value)]
+        shape = self.shapes.get(node.inputs[0])
+        return [i for i, d in enumerate(shape) if d == 1] if node.op_type == "Squeeze" and shape else None
 
     def rank(self, name: str) -> int:
         value = self.const(name)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import networkx as nx
 import numpy as np
@@ -77,6 +77,12 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def _is_large(init: onnx.TensorProto) -> bool:
+    """Whether an initializer is a weight (a float tensor above :data:`_LIGHT_LIMIT` elements)."""
+    size = int(np.prod(init.dims)) if init.dims else 1
+    return size > _LIGHT_LIMIT and init.data_type in _FLOAT_TYPES
+
+
 def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model whose large initializers are declared as typed graph inputs instead of stored.
 
@@ -85,6 +91,8 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     light = onnx.ModelProto()
     light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import))
+    light.functions.extend(model.functions)
+    light.metadata_props.extend(model.metadata_props)
     graph = light.graph
     graph.name = model.graph.name
     graph.node.extend(model.graph.node)
@@ -93,8 +101,7 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.value_info.extend(model.graph.value_info)
     declared = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
-        size = int(np.prod(init.dims)) if init.dims else 1
-        if size <= _LIGHT_LIMIT or init.data_type not in _FLOAT_TYPES:
+        if not _is_large(init):
             graph.initializer.append(init)
         elif init.name not in declared:
             graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
@@ -112,17 +119,28 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | Non
 class ModelGraph:
     """An ONNX model as nodes, tensors, constants and inferred shapes, with a networkx view for the walk."""
 
-    def __init__(self, model: str | Path | onnx.ModelProto, *, check: bool = True) -> None:
-        self.model = load_onnx(model)
+    def __init__(self, model: str | Path | onnx.ModelProto, *, check: bool = True,
+                 weights: Mapping[str, np.ndarray] | None = None) -> None:
+        """Read ``model``; ``weights`` gives the values of tensors the model declares as inputs but that are weights
+        (the parts :mod:`ebr_onnx.temporal` cuts out of a model share its weights this way)."""
+        full = load_onnx(model)
         if check:
             try:
-                onnx.checker.check_model(self.model)
+                onnx.checker.check_model(full)
             except onnx.checker.ValidationError as exc:
                 raise EbrError(f"the model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+        #: The model without its weights (they are declared as inputs): what sessions and sub-models are built from.
+        self.light = _light_copy(full)
+        #: The weights as read-only NumPy arrays (views of one copy of the serialized data), shared with onnxruntime.
+        self.weights: dict[str, np.ndarray] = dict(weights or {})
+        self.weights.update((init.name, numpy_helper.to_array(init)) for init in full.graph.initializer
+                            if _is_large(init))
+        self._fed = [i.name for i in self.light.graph.input if i.name in self.weights]
+        del full
         self.opset = next(
-            (o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0
+            (o.version for o in self.light.opset_import if o.domain in ("", "ai.onnx")), 0
         )
-        g = self.model.graph
+        g = self.light.graph
         used: set[str] = set()
         nodes: list[Node] = []
         for i, proto in enumerate(g.node):
@@ -142,14 +160,14 @@ class ModelGraph:
                 if t:
                     self.consumers.setdefault(t, []).append(n)
         self._initializers = {init.name: init for init in g.initializer}
-        self.inputs = [i.name for i in g.input if i.name not in self._initializers]
+        self.inputs = [i.name for i in g.input if i.name not in self._initializers and i.name not in self.weights]
         self.outputs = [o.name for o in g.output]
-        self.metadata = {p.key: p.value for p in self.model.metadata_props}
+        self.metadata = {p.key: p.value for p in self.light.metadata_props}
         self._constants: dict[str, np.ndarray] = {}
         for n in nodes:
             if n.op_type == "Constant" and n.outputs:
                 self._constants[n.outputs[0]] = self._constant_attr(n)
-        self.shapes, self.elem_types = self._infer_shapes(self.model)
+        self.shapes, self.elem_types = self._infer_shapes()
         self.nx = nx.DiGraph()
         self.nx.add_nodes_from(n.name for n in nodes)
         for n in nodes:
@@ -167,11 +185,29 @@ class ModelGraph:
                 return np.asarray(node.attrs[key])
         raise EbrError(f"Constant node {node.name!r} has an attribute form ebr_onnx does not read: {list(node.attrs)}")
 
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The whole model, weights included (a new copy on every access)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.light)
+        fed = set(self._fed)
+        kept = [i for i in model.graph.input if i.name not in fed or i.name in self.inputs]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.graph.initializer.extend(numpy_helper.from_array(self.weights[name], name) for name in self._fed)
+        return model
+
+    def fed_weights(self) -> dict[str, np.ndarray]:
+        """The weights a session built from :attr:`light` takes as inputs (by name; no copies)."""
+        return {name: self.weights[name] for name in self._fed}
+
     def is_constant(self, name: str) -> bool:
-        return name in self._initializers or name in self._constants
+        return name in self._initializers or name in self._constants or name in self.weights
 
     def constant(self, name: str) -> np.ndarray:
         """The value of an initializer or ``Constant`` output (converted once, then cached)."""
+        if name in self.weights:
+            return self.weights[name]
         if name not in self._constants:
             if name not in self._initializers:
                 raise KeyError(name)
@@ -179,9 +215,9 @@ class ModelGraph:
         return self._constants[name]
 
     # -- shapes ---------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple | None], dict[str, int]]:
-        light = _light_copy(model)
+    def _infer_shapes(self) -> tuple[dict[str, tuple | None], dict[str, int]]:
+        light = onnx.ModelProto()
+        light.CopyFrom(self.light)
         try:
             inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
         except Exception:  # a model that onnx cannot infer still runs in onnxruntime; shapes come from captures then
@@ -192,9 +228,12 @@ class ModelGraph:
         for vi in list(gi.input) + list(gi.value_info) + list(gi.output):
             shapes[vi.name] = _dims(vi)
             types[vi.name] = vi.type.tensor_type.elem_type
-        for init in model.graph.initializer:
+        for init in self.light.graph.initializer:
             shapes[init.name] = tuple(init.dims)
             types[init.name] = init.data_type
+        for name, array in self.weights.items():
+            shapes[name] = tuple(array.shape)
+            types.setdefault(name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
         return shapes, types
 
     def concrete_shapes(self, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -203,7 +242,8 @@ class ModelGraph:
         cache = self.__dict__.setdefault("_concrete_cache", {})
         if key in cache:
             return cache[key]
-        light = _light_copy(self.model)
+        light = onnx.ModelProto()
+        light.CopyFrom(self.light)
         for vi in light.graph.input:
             if vi.name in input_shapes:
                 dims = vi.type.tensor_type.shape.dim

@@ -36,6 +36,7 @@ PALETTE = np.array(
     dtype=np.float32,
 )
 
+DISTRACTOR_ALPHA = 0.5  # distractors are half-transparent, the actor is opaque
 Seed = int | np.random.Generator
 
 
@@ -79,18 +80,22 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: 
     return (np.abs(dy) <= r) & (np.abs(dx) <= (dy + r) / 2)  # triangle, apex up
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth low-frequency colour field plus static fine texture and 2-5 static distractor shapes, float in [0, 255]."""
-    coarse = rng.uniform(70, 180, (5, 5, 1)) + rng.uniform(-35, 35, (5, 5, 3))
-    interp = np.clip(np.linspace(0, 4, size)[:, None] - np.arange(5)[None, :], -1, 1)
-    interp = 1 - np.abs(interp)  # (size, 5) bilinear weights
-    bg = (interp @ coarse.transpose(2, 0, 1) @ interp.T).transpose(1, 2, 0) + rng.normal(0, 8, (size, size, 1))
+def _background(rng: np.random.Generator, size: int, clutter: float) -> np.ndarray:
+    """Smooth colour field, static fine texture and 2-5 static translucent distractors (scaled by ``clutter``)."""
+    gray = rng.uniform(70, 180)
+    coarse = gray + clutter * (rng.uniform(-55, 55, (5, 5, 1)) + rng.uniform(-35, 35, (5, 5, 3)))
+    interp = 1 - np.abs(np.clip(np.linspace(0, 4, size)[:, None] - np.arange(5)[None, :], -1, 1))  # bilinear
+    bg = (interp @ coarse.transpose(2, 0, 1) @ interp.T).transpose(1, 2, 0)
+    bg += clutter * rng.normal(0, 8, (size, size, 1))
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    for _ in range(rng.integers(2, 6)):
+    count = rng.integers(2, 6)
+    for k in range(count):
         r = rng.uniform(3, 8)
         cx, cy = rng.uniform(r, size - 1 - r, 2)
         mask = _shape_mask(SHAPES[rng.integers(len(SHAPES))], cx, cy, r, xs, ys)
-        bg[mask] = PALETTE[rng.integers(len(PALETTE))]
+        colour = PALETTE[rng.integers(len(PALETTE))]
+        if k < round(count * clutter):
+            bg[mask] = (1 - DISTRACTOR_ALPHA) * bg[mask] + DISTRACTOR_ALPHA * colour
     return bg.astype(np.float32)
 
 
@@ -104,9 +109,11 @@ def _trajectory(label: int, frames: int, size: int, rng: np.random.Generator) ->
     t = np.arange(frames, dtype=np.float64)
     name = CLASS_NAMES[label]
     if name in ("growing", "shrinking"):
-        rate = rng.uniform(0.45, 0.8) * (1 if name == "growing" else -1)
-        r = _wrap(rng.uniform(3, 12), rate, t, 3.0, 12.0)
-        cx, cy = rng.uniform(13, size - 14, 2)
+        lo, hi, rate = 2.5, 13.0, rng.uniform(0.4, 0.65)
+        travel = rate * (frames - 1)  # the size wraps around only when the clip is too long to avoid it
+        start = lo + rng.uniform(0, max(0.0, hi - lo - travel)) + (travel if name == "shrinking" else 0.0)
+        r = _wrap(start, rate if name == "growing" else -rate, t, lo, hi)
+        cx, cy = rng.uniform(14, size - 15, 2)
         return np.full(frames, cx), np.full(frames, cy), r
     r = np.full(frames, rng.uniform(4, 7.5))
     if name in ("clockwise", "counterclockwise"):
@@ -121,18 +128,22 @@ def _trajectory(label: int, frames: int, size: int, rng: np.random.Generator) ->
     return (along, across, r) if name in ("left_to_right", "right_to_left") else (across, along, r)
 
 
-def make_clip(seed: Seed, label: int | None = None, frames: int = 16, size: int = 64) -> Clip:
-    """One clip of ``frames`` frames of ``size``×``size`` pixels; ``label=None`` draws the class at random."""
+def make_clip(seed: Seed, label: int | None = None, frames: int = 16, size: int = 64, clutter: float = 1.0) -> Clip:
+    """One clip of ``frames`` frames of ``size``×``size`` pixels; ``label=None`` draws the class at random.
+
+    ``clutter`` in [0, 1] scales the background texture, the share of distractors drawn and the noise (1 = full;
+    lower values serve as a training curriculum). The random draws do not depend on it.
+    """
     rng = _rng(seed)
     if label is None:
         label = int(rng.integers(len(CLASS_NAMES)))
     if not 0 <= label < len(CLASS_NAMES):
         raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label}")
-    bg = _background(rng, size)
+    bg = _background(rng, size, clutter)
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = PALETTE[rng.integers(len(PALETTE))]
     cxs, cys, rs = _trajectory(label, frames, size, rng)
-    noise_sigma = rng.uniform(3, 10)
+    noise_sigma = clutter * rng.uniform(3, 10)
     video = bg + np.float32(noise_sigma) * rng.standard_normal((frames, size, size, 3), dtype=np.float32)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     boxes = np.empty((frames, 4), dtype=np.int64)
@@ -144,11 +155,13 @@ def make_clip(seed: Seed, label: int | None = None, frames: int = 16, size: int 
     return Clip(np.clip(video, 0, 255).astype(np.uint8), label, boxes)
 
 
-def make_dataset(n: int, seed: Seed, frames: int = 16, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_dataset(
+    n: int, seed: Seed, frames: int = 16, size: int = 64, clutter: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` clips with balanced classes in random order: frames (n, T, H, W, 3) uint8, labels (n,), boxes (n, T, 4)."""
     rng = _rng(seed)
     labels = rng.permutation(np.arange(n) % len(CLASS_NAMES))
-    clips = [make_clip(rng, int(label), frames, size) for label in labels]
+    clips = [make_clip(rng, int(label), frames, size, clutter) for label in labels]
     return np.stack([c.frames for c in clips]), labels, np.stack([c.boxes for c in clips])
 
 

@@ -14,8 +14,10 @@ down through reshapes; ``boundary=`` overrides), and the recurrent part from the
    ``explainer.batch_size`` frames; each chunk re-runs the CNN sub-model capturing only what its rules read (the
    chunks' captures are kept from the first pass instead when they fit in :data:`KEEP_BYTES`).
 
-The time axis of the logits is traced from the recurrent op's Y (``time_axis=`` overrides); ``res.temporal`` holds the
-per-frame sums of the maps, the evidence curve of the paper's temporal localisation (Sec. 4.1).
+The time axis of the logits is traced from the recurrent op's Y, through per-step classifier copies stacked again
+(``time_axis=`` overrides); the layer's frames (stacked, on a time axis, or one CNN copy per frame) and channel axis
+are traced by :func:`ebr_onnx.frames.frame_layout`. ``res.temporal`` holds the per-frame sums of the maps, the
+evidence curve of the paper's temporal localisation (Sec. 4.1).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import onnx
 from .backend import to_numpy
 from .errors import EbrError
 from .forward import ForwardRunner
+from .frames import UNTRACED, FrameLayout, UntracedLayer, frame_layout, input_time_axis, trace_time_axis
 from .graph import VALUE_FREE_OPS, ModelGraph, Node
 from .rules.recurrent import RULE_SETS
 from .walk import walk
@@ -50,7 +53,8 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # -- the parts of the model ---------------------------------------------------------------------------------------
 class SubModel:
     """The nodes that compute ``outputs`` from ``inputs`` (and the model inputs they also read), as a model of its
-    own with a forward runner; tensor names are those of the full graph."""
+    own with a forward runner; tensor names are those of the full graph, and the weights are the full graph's arrays
+    (shared, not copied)."""
 
     def __init__(self, graph: ModelGraph, inputs: Sequence[str], outputs: Sequence[str], device: str,
                  threads: int | None) -> None:
@@ -65,17 +69,18 @@ class SubModel:
         self.nodes = [n for n in graph.topological if n.name in needed]
         read = {t for n in self.nodes for t in n.inputs if t} | set(outputs)
         self.inputs = list(inputs) + [t for t in graph.inputs if t in read and t not in stop]
-        model = graph.model
+        model = graph.light
+        weights = {t: graph.weights[t] for t in sorted(read) if t in graph.weights}  # shared, not copied
         proto = onnx.helper.make_graph(
             [model.graph.node[n.index] for n in self.nodes], f"{model.graph.name}_part",
-            [_value_info(graph, t, free_leading=t in stop) for t in self.inputs],
+            [_value_info(graph, t, free_leading=t in stop) for t in self.inputs + list(weights)],
             [onnx.helper.make_tensor_value_info(t, graph.elem_types.get(t) or onnx.TensorProto.FLOAT, None)
              for t in outputs],
             [init for init in model.graph.initializer if init.name in read],
         )
         sub = onnx.helper.make_model(proto, opset_imports=model.opset_import, ir_version=model.ir_version)
         sub.functions.extend(model.functions)
-        self.graph = ModelGraph(sub, check=False)
+        self.graph = ModelGraph(sub, check=False, weights=weights)
         self.runner = ForwardRunner(self.graph, device, threads)
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -169,84 +174,10 @@ def plan(explainer: "Explainer", logits: str, boundary: str | None) -> Plan:
 
 
 # -- time -----------------------------------------------------------------------------------------------------------
-def _ints(graph: ModelGraph, node: Node, attr: str, index: int) -> list[int] | None:
-    if attr in node.attrs:
-        return [int(a) for a in node.attrs[attr]]
-    if len(node.inputs) > index and node.inputs[index] and graph.is_constant(node.inputs[index]):
-        return [int(a) for a in np.ravel(graph.constant(node.inputs[index]))]
-    return None
-
-
-_UNKNOWN = object()
-
-
-def _map_axis(graph: ModelGraph, node: Node, axis: int, shapes: Mapping[str, tuple]) -> Any:
-    """Where ``axis`` of the node's signal input lands in its first output: an int, None (the axis is gone), or
-    ``_UNKNOWN``."""
-    src = next(t for t in node.inputs if t)
-    in_shape, out_shape = shapes.get(src), shapes.get(node.outputs[0])
-    op = node.op_type
-    if op == "Transpose":
-        perm = node.attr("perm") or list(range(len(in_shape or ())))[::-1]
-        return list(perm).index(axis) if perm else _UNKNOWN
-    if op == "Squeeze":
-        axes = _ints(graph, node, "axes", 1)
-        if axes is None:
-            axes = [i for i, d in enumerate(in_shape or ()) if d == 1] if in_shape else None
-        if axes is None:
-            return _UNKNOWN
-        axes = [a % len(in_shape) if in_shape else a for a in axes]
-        return None if axis in axes else axis - sum(a < axis for a in axes)
-    if op == "Unsqueeze":
-        axes = _ints(graph, node, "axes", 1)
-        if axes is None or out_shape is None:
-            return _UNKNOWN
-        for a in sorted(a % len(out_shape) for a in axes):
-            axis += a <= axis
-        return axis
-    if op == "Gather":
-        g_axis = int(node.attr("axis", 0)) % len(in_shape) if in_shape else int(node.attr("axis", 0))
-        idx = shapes.get(node.inputs[1], np.shape(graph.constant(node.inputs[1])) if graph.is_constant(
-            node.inputs[1]) else None)
-        if idx is None:
-            return _UNKNOWN
-        if g_axis == axis:
-            return None if len(idx) == 0 else axis
-        return axis + (len(idx) - 1 if g_axis < axis else 0)
-    if op in ("Reshape", "Flatten"):
-        if in_shape is None or out_shape is None:
-            return _UNKNOWN
-        before = int(np.prod(in_shape[:axis]))
-        for k in range(len(out_shape)):
-            if int(np.prod(out_shape[:k])) == before and out_shape[k] == in_shape[axis]:
-                return k
-        return _UNKNOWN
-    if in_shape is not None and out_shape is not None and len(in_shape) != len(out_shape) and op not in (
-            "MatMul", "Gemm"):
-        return _UNKNOWN
-    return axis
-
-
-def trace_time_axis(graph: ModelGraph, shapes: Mapping[str, tuple], start: str, axis: int, end: str) -> Any:
-    """The axis of ``end`` that ``axis`` of ``start`` becomes along the signal path (None if it is gone,
-    ``_UNKNOWN`` if an op on the way cannot be followed)."""
-    axes = {start: axis}
-    for node in graph.nodes_between([start], [end]):
-        src = next((t for t in node.inputs if t in axes), None)
-        if src is None or node.op_type in VALUE_FREE_OPS:
-            continue
-        mapped = _map_axis(graph, node, axes[src], shapes)
-        if mapped is _UNKNOWN:
-            return _UNKNOWN
-        if mapped is not None:
-            axes[node.outputs[0]] = mapped
-    return axes.get(end)
-
-
 def _time_axis(graph: ModelGraph, shapes: Mapping[str, tuple], p: Plan, out: np.ndarray, frames: int,
                given: int | None) -> int | None:
-    """The logits' time axis: ``given``, else traced from the last recurrent op's Y, else the only non-class axis of
-    the frames' length."""
+    """The logits' time axis: ``given``, else traced from the last recurrent op's Y (:func:`frames.trace_time_axis`:
+    through per-step classifier copies too), else the only non-class axis of the frames' length."""
     if given is not None:
         if not -out.ndim <= given < out.ndim or given % out.ndim == out.ndim - 1:
             raise EbrError(f"time_axis {given} is not a non-class axis of the output of shape {out.shape}")
@@ -255,7 +186,7 @@ def _time_axis(graph: ModelGraph, shapes: Mapping[str, tuple], p: Plan, out: np.
     if p.recurrent:
         last = p.recurrent[-1]
         traced = trace_time_axis(graph, shapes, last.outputs[0], int(last.attr("layout", 0)), p.logits)
-        if traced is not _UNKNOWN:
+        if traced is not UNTRACED:
             return traced
     candidates = [a for a in range(out.ndim - 1) if out.shape[a] == frames]
     if len(candidates) > 1:
@@ -302,9 +233,13 @@ def explain_recurrent(
     ``time_step``: the step(s) of the output whose target logit is explained (int, list of ints, or ``"all"``).
     ``recurrent_rules``: ``"caffe"`` (the release) or ``"excitation"`` (mass-conserving), see
     :mod:`ebr_onnx.rules.recurrent`. ``boundary``: the RNN→CNN tensor where Eqs. 5–7 apply. ``time_axis``: the time
-    axis of the output. Returns maps ``(T, h, w)`` and ``temporal`` ``(T,)``.
+    axis of the output. ``layer``: a CNN layer (default the input); where the CNN is copied once per frame (tf2onnx's
+    ``TimeDistributed``) the name of any one copy — the first copy's is the layer's base name, e.g. ``…/Relu``, the
+    others ``…/Relu_3`` — selects them all: ``signal`` stacks theirs in time order, ``info["layer_tensors"]`` names
+    them. Returns maps ``(T, h, w)`` (the layer's channel axis, the one fed to Conv, summed; channels-last too) and
+    ``temporal`` ``(T,)``.
     """
-    from .explainer import ExplainResult, channel_sum
+    from .explainer import ExplainResult
 
     if recurrent_rules not in RULE_SETS:
         raise EbrError(f"recurrent_rules {recurrent_rules!r} is not one of: {', '.join(RULE_SETS)}")
@@ -318,7 +253,8 @@ def explain_recurrent(
                        "CNN layers (or the boundary itself)")
     feeds = explainer.feeds(inputs, extra_inputs)
     frames = feeds[p.frames] if p.to_frames is None else p.to_frames.run(feeds, [p.frames])[p.frames]
-    cnn = _CnnPass(explainer, p, layer_t, mode, frames, feeds)
+    layout = _layer_layout(explainer, p, layer_t, feeds)
+    cnn = _CnnPass(explainer, p, layout.tensors, mode, frames, feeds)
 
     # 1. the recurrent part, on the boundary values
     shapes = explainer.shapes_for(feeds)
@@ -362,8 +298,7 @@ def explain_recurrent(
     signal = cnn.backward(start, warns)
     if not np.isfinite(signal).all():
         raise EbrError(f"the {method} signal at {layer_t!r} is not finite; please report this model")
-    per_frame = signal[0] if signal.shape[0] == 1 and signal.ndim > 1 and signal.shape[1] == n_frames else signal
-    maps = channel_sum(per_frame)
+    maps = layout.maps(signal)
     temporal = maps.reshape(n_frames, -1).sum(axis=1)
     return ExplainResult(
         maps=maps, signal=signal, method=method, layer=layer_t, target=[k], output=out, temporal=temporal,
@@ -371,8 +306,25 @@ def explain_recurrent(
         warnings=list(dict.fromkeys(warns)),
         info={"logits": logits, "boundary": p.boundary, "frames": p.frames, "time_axis": axis, "time_steps": steps,
               "recurrent_rules": recurrent_rules if mode == "eb" else None, "boundary_signal": start,
-              "passes": passes},
+              "passes": passes, "layer_tensors": layout.tensors},
     )
+
+
+def _layer_layout(explainer: "Explainer", p: Plan, layer_t: str, feeds: Mapping[str, np.ndarray]) -> FrameLayout:
+    """How ``layer_t`` holds the clip's frames (:func:`frames.frame_layout`; a layer of a CNN copied once per frame
+    gives all its copies); one the tracing cannot follow is read as frames on axis 0, channels on axis 1. A clip is
+    (N, T, …) when the frames tensor holds its axis 1, else (T, …)."""
+    name, graph = explainer.input_name, explainer.graph
+    shape = np.shape(feeds[name])
+    axis = input_time_axis(graph, name, p.frames, shape)
+    if axis is not None:
+        try:
+            return frame_layout(graph, name, layer_t, time_axis=axis, input_shape=shape,
+                                batch_axis=0 if axis > 0 else None)
+        except UntracedLayer:
+            pass
+    rank = len(explainer.shapes_for(feeds).get(layer_t, ()))
+    return FrameLayout([layer_t], 0, 1 if rank >= 3 else None, stacked=True)
 
 
 def _top_signal(explainer: "Explainer", out: np.ndarray, axis: int | None, target: Any, prior: np.ndarray | None,
@@ -394,12 +346,13 @@ def _top_signal(explainer: "Explainer", out: np.ndarray, axis: int | None, targe
 
 
 def dual_nodes(explainer: "Explainer", logits: str, classifier: str | None) -> frozenset[str]:
-    """The nodes whose weights the dual unit negates (Eq. 2): the classifier, or one per step where the logits are a
-    ``Concat`` of per-step classifiers (unrolled models), and every linear node that shares their weights."""
+    """The nodes whose weights the dual unit negates (Eq. 2): the classifier, or one per step where the logits are
+    (a reshape of) a ``Concat`` of per-step classifiers (unrolled models, tf2onnx's ``TimeDistributed(Dense)``), and
+    every linear node that shares their weights."""
     from .explainer import LINEAR_OPS
 
     graph = explainer.graph
-    producer = graph.producer.get(logits)
+    producer = graph.producer.get(_trace_down(graph, logits, RESHAPE_OPS))
     if classifier is None and producer is not None and producer.op_type == "Concat":
         found = [explainer.find_classifier(t) for t in producer.inputs if t in explainer.signal]
     else:
@@ -455,21 +408,24 @@ class _CnnPass:
     """The CNN part in frame chunks: the boundary values (first pass) and the walk from the boundary to the layer
     (second pass, reusing the first pass's captures when they fit in :data:`KEEP_BYTES`)."""
 
-    def __init__(self, explainer: "Explainer", p: Plan, layer_t: str, mode: str, frames: np.ndarray,
+    def __init__(self, explainer: "Explainer", p: Plan, layers: Sequence[str], mode: str, frames: np.ndarray,
                  feeds: Mapping[str, np.ndarray]) -> None:
-        self.explainer, self.p, self.layer, self.mode, self.frames, self.feeds = explainer, p, layer_t, mode, frames, \
-            feeds
+        """``layers``: the layer's tensor, or its copies in a CNN run once per frame (their signals are stacked in
+        time order on a new leading axis)."""
+        self.explainer, self.p, self.layer, self.mode, self.frames, self.feeds = explainer, p, layers[0], mode, \
+            frames, feeds
         self.count = int(frames.shape[0])
         graph = explainer.graph
         if p.cnn is None:
-            self.target = p.boundary
+            self.targets = [p.boundary]
         else:
-            self.target = layer_t if layer_t in _part_tensors(p.cnn) else p.frames
-        self.nodes = [] if self.target == p.boundary else graph.nodes_between([self.target], [p.boundary])
-        self.below = [] if self.target == layer_t else graph.nodes_between([layer_t], [p.frames])
+            self.targets = list(layers) if set(layers) <= _part_tensors(p.cnn) else [p.frames]
+        self.nodes = [] if self.targets == [p.boundary] else graph.nodes_between(self.targets, [p.boundary])
+        self.below = [] if self.targets == list(layers) else graph.nodes_between([self.layer], [p.frames])
         self.kept: list[dict[str, np.ndarray]] | None = None
         self._boundary: np.ndarray | None = None
-        self.whole = False  # set when the CNN part only runs on all frames at once (a batch size fixed at export)
+        # set when the CNN part only runs on all frames at once (a batch size fixed at export, one copy per frame)
+        self.whole = len(self.targets) > 1
 
     def chunks(self) -> list[slice]:
         size = self.count if self.whole else self.explainer.batch_size
@@ -521,10 +477,12 @@ class _CnnPass:
         values = self.kept[i] if self.kept is not None else self.p.cnn.run(  # the first pass's session
             feeds, [self.p.boundary] + self._captures(shapes))
         ctx = explainer.context(self.mode, {**values, self.p.frames: feeds[self.p.frames]}, shapes)
-        got = walk(ctx, self.nodes, {self.p.boundary: explainer.xp.asarray(start[chunk])}, keep={self.target},
-                   reach=explainer.graph.signal_tensors([self.target])).get(self.target)
+        got = walk(ctx, self.nodes, {self.p.boundary: explainer.xp.asarray(start[chunk])}, keep=set(self.targets),
+                   reach=explainer.graph.signal_tensors(self.targets))
         warns.extend(ctx.warnings)
-        return np.zeros(ctx.shape(self.target), explainer.dtype) if got is None else to_numpy(got)
+        parts = [np.zeros(ctx.shape(t), explainer.dtype) if got.get(t) is None else to_numpy(got[t])
+                 for t in self.targets]
+        return parts[0] if len(parts) == 1 else np.stack(parts)
 
     def backward(self, start: np.ndarray, warns: list[str]) -> np.ndarray:
         """Eq. 9 from the boundary to the layer, per chunk of frames; then through the input's reshapes if needed."""

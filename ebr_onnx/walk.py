@@ -19,7 +19,8 @@ class RuleContext:
 
     ``negated`` names the nodes whose weights are negated (the contrastive dual unit, paper Eq. 2): rules read weights
     through :meth:`weight`, so the model itself is never modified. ``overrides`` maps node names to rule functions
-    chosen by a composite (the recurrent rule sets); ``options`` carries rule options such as ``add_rule``.
+    chosen by a composite (the recurrent rule sets); ``options`` carries rule options such as ``add_rule``;
+    ``kernels`` is the explainer's :class:`~ebr_onnx.kernels.KernelCache` (compiled operators of constant weights).
     """
 
     graph: ModelGraph
@@ -33,6 +34,7 @@ class RuleContext:
     overrides: Mapping[str, registry.RuleFn] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    kernels: Any = None
     _device_cache: dict[str, Any] = field(default_factory=dict)
 
     def value(self, name: str) -> Any:

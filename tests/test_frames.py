@@ -1,4 +1,5 @@
-"""``frame_layout``: per-frame CNN copies (tf2onnx TimeDistributed, Gather, Split) and frames stacked on the batch."""
+"""``frame_layout``: per-frame CNN copies (tf2onnx TimeDistributed, Gather, Split) and frames stacked on the batch;
+the maps of a layout, the input's time axis and the time axis of a recurrent layer's outputs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx.errors import EbrError
-from ebr_onnx.frames import frame_layout
+from ebr_onnx.frames import UNTRACED, FrameLayout, frame_layout, input_time_axis, trace_time_axis
 from ebr_onnx.graph import ModelGraph
 from ebr_onnx.unroll import unroll_loops
 
@@ -79,10 +80,14 @@ def test_timedistributed_copies_in_time_order(path):
     data = np.load(path.with_suffix(".npz"))
     assert frame_layout(graph, "clip") == frame_layout(graph, "clip", "clip")
     layout = frame_layout(graph, "clip")
-    assert (layout.tensors, layout.frame_axis, layout.channel_axis) == (["clip"], 1, 4)
+    assert (layout.tensors, layout.frame_axis, layout.channel_axis, layout.batch_axis) == (["clip"], 1, 4, 0)
     some_copy = [n for n in graph.nodes if n.op_type == "Relu"][3].outputs[0]
     layout = frame_layout(graph, "clip", some_copy)
     assert layout.frame_axis is None and layout.channel_axis == 1 and len(layout.tensors) == data["clip"].shape[1]
+    assert layout.batch_axis == 0
+    restacked = graph.consumers[graph.consumers[some_copy][0].outputs[0]][0].outputs[0]  # Unsqueeze → Concat
+    stack = frame_layout(graph, "clip", restacked)
+    assert (stack.tensors, stack.frame_axis, stack.batch_axis) == ([restacked], 0, 1)
     assert some_copy in layout.tensors
     values = capture(model, {"clip": data["clip"]}, layout.tensors)
     for t, value in enumerate(values):  # Keras's conv output of frame t, channels-last → NCHW
@@ -103,6 +108,8 @@ def test_stacked_channels_last_frames():
     for name, channel in (("frames", 3), ("nchw", 1), ("relu", 1)):
         layout = frame_layout(graph, "x", name)
         assert (layout.tensors, layout.frame_axis, layout.channel_axis, layout.stacked) == ([name], 0, channel, True)
+        assert layout.batch_axis is None, "the batch is merged with the frames"
+    assert [input_time_axis(graph, "x", t, (1, T, S, S, C)) for t in ("x", "frames", "nchw")] == [0, 1, 1]
 
 
 @pytest.mark.parametrize("op", ["Gather", "Split"])
@@ -130,3 +137,44 @@ def test_unknown_names_and_inputs():
         frame_layout(graph, "x", "nope")
     with pytest.raises(EbrError, match="does not depend on the input"):
         frame_layout(graph, "x", "merged")
+    with pytest.raises(EbrError, match="no batch axis 1 besides its time axis 1"):
+        frame_layout(graph, "x", batch_axis=1)
+
+
+def test_maps_of_each_layout():
+    """Frames first, the channel axis summed and the clip's batch axis (one clip) dropped."""
+    copies = RNG.standard_normal((T, 1, K, S, S))  # one (N, C, h, w) signal per frame, stacked
+    np.testing.assert_array_equal(FrameLayout(["a", "b"], None, 1, batch_axis=0).maps(copies), copies[:, 0].sum(1))
+    clip = RNG.standard_normal((1, T, S, S, C))
+    np.testing.assert_array_equal(FrameLayout(["x"], 1, 4, batch_axis=0).maps(clip), clip[0].sum(-1))
+    restacked = RNG.standard_normal((T, 1, K, S, S))
+    np.testing.assert_array_equal(FrameLayout(["r"], 0, 2, batch_axis=1).maps(restacked), restacked[:, 0].sum(1))
+    stacked = RNG.standard_normal((T, S, S, K))
+    np.testing.assert_array_equal(FrameLayout(["s"], 0, 3, stacked=True).maps(stacked), stacked.sum(-1))
+    features = RNG.standard_normal((T, K))
+    np.testing.assert_array_equal(FrameLayout(["f"], 0, None).maps(features), features)
+
+
+def test_time_axis_through_per_step_classifier_copies():
+    """tf2onnx's TimeDistributed(Dense) slices each step of the LSTM's Y, classifies it and stacks the steps again
+    with Unsqueeze + Concat; a Dense on the last step only sees one step."""
+    for stem, logits, want in (("lstm_seq", "fc_steps", 1), ("lstm_last", "fc", None)):
+        graph = ModelGraph(str(KERAS / f"{stem}.onnx"))
+        shapes = graph.concrete_shapes({"clip": (1, 6, 16, 16, 3)})
+        y = next(n for n in graph.nodes if n.op_type == "LSTM").outputs[0]
+        assert trace_time_axis(graph, shapes, y, 0, logits) == want
+        assert trace_time_axis(graph, shapes, y, 0, "clip") is UNTRACED
+
+
+def test_time_axis_through_linear_layers():
+    """MatMul keeps its first operand's leading axes, Gemm its rows; a step picked by Gather has no time axis."""
+    w = numpy_helper.from_array(np.ones((K, 3), np.float32), "wl")
+    nodes = [helper.make_node("MatMul", ["y", "wl"], ["m"]), helper.make_node("Squeeze", ["m"], ["q"]),
+             helper.make_node("Gemm", ["q", "wg"], ["g"]), const("last", np.int64(-1)),
+             helper.make_node("Gather", ["g", "last"], ["pick"], axis=0)]
+    graph = ModelGraph(helper.make_model(helper.make_graph(
+        nodes, "linear", [helper.make_tensor_value_info("y", TensorProto.FLOAT, [T, 1, K])],
+        [helper.make_tensor_value_info("pick", TensorProto.FLOAT, [3])],
+        [w, numpy_helper.from_array(np.ones((3, 3), np.float32), "wg")]), opset_imports=[helper.make_opsetid("", 17)]))
+    shapes = graph.concrete_shapes({"y": (T, 1, K)})
+    assert [trace_time_axis(graph, shapes, "y", 0, t) for t in ("m", "q", "g", "pick")] == [0, 0, 0, None]

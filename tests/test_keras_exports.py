@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ebr_onnx import Explainer
 from ebr_onnx.frames import frame_layout
 from ebr_onnx.graph import ModelGraph
+from ebr_onnx.temporal import dual_nodes
 from ebr_onnx.unroll import has_loops, unroll_loops
 
 ort = pytest.importorskip("onnxruntime")
@@ -33,18 +34,6 @@ def last_step_logits(graph: ModelGraph) -> str:
     while node.op_type in ("Transpose", "Identity"):
         node = graph.producer[node.inputs[0]]
     return graph.producer[node.inputs[-1]].inputs[0] if node.op_type == "Concat" else tensor
-
-
-def hints(ex: Explainer, data: dict) -> dict:
-    """What the recurrent methods are told about a tf2onnx export: the output's time axis, the last step's classifier
-    copy (the one ``cebr`` negates) and, for Loop-made recurrences, the per-frame sequence the steps read."""
-    kw: dict = {"classifier": ex.find_classifier(last_step_logits(ex.graph)).name}
-    if data["output"].ndim == 3:
-        kw["time_axis"] = 1
-    steps = [n for n in ex.graph.nodes if n.op_type == "Gather" and "/t0/" in n.name]
-    if steps:
-        kw["boundary"] = steps[0].inputs[0]
-    return kw
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
@@ -80,24 +69,52 @@ def test_gradient_at_each_conv_copy_matches_tensorflow(path):
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
 def test_recurrent_methods(path):
+    """No hints: the time axis is traced through the per-step classifier copies (Unsqueeze + Concat), the boundary
+    is the per-frame features restacked for the recurrence, cebr negates every classifier copy, and the maps of the
+    channels-last clip sum its channel axis."""
     ex, data = load(path)
-    kw = hints(ex, data)
     steps = data["clip"].shape[1]
-    gradr = ex.explain(data["clip"], target=TARGET, method="gradr", time_step=-1, **kw)
-    np.testing.assert_allclose(gradr.signal, data["grad_input"], atol=1e-4 * np.abs(data["grad_input"]).max(), rtol=0)
+    gradr = ex.explain(data["clip"], target=TARGET, method="gradr", time_step=-1)
+    scale = np.abs(data["grad_input"]).max()
+    np.testing.assert_allclose(gradr.signal, data["grad_input"], atol=1e-4 * scale, rtol=0)
+    np.testing.assert_allclose(gradr.maps, data["grad_input"][0].sum(axis=-1), atol=1e-4 * scale, rtol=0)
+    assert gradr.info["time_axis"] == (1 if data["output"].ndim == 3 else None)
+    per_step = len(dual_nodes(ex, ex.logits_tensor(), None))
+    assert per_step == (steps if data["output"].ndim == 3 else 1)
     for method, total in (("ebr", 1.0), ("cebr", 0.0)):
-        res = ex.explain(data["clip"], target=TARGET, method=method, time_step=-1, **kw)
-        assert np.isfinite(res.maps).all() and res.temporal.shape == (steps,)
+        res = ex.explain(data["clip"], target=TARGET, method=method, time_step=-1)
+        assert res.maps.shape == data["clip"].shape[1:4] and res.temporal.shape == (steps,)
+        assert np.isfinite(res.maps).all()
         assert res.info["boundary_signal"].sum() == pytest.approx(total, abs=1e-5)
 
 
-@pytest.mark.xfail(reason="temporal.py does not yet trace tf2onnx's per-frame copies (frames.frame_layout) nor sum "
-                          "the channels-last axis", strict=False)
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
-def test_recurrent_methods_without_hints(path):
+def test_recurrent_methods_at_any_copy_of_a_layer(path):
+    """A layer named by one of its per-frame copies (the first, whose name is the base name, or any other) maps
+    all copies, stacked in time order: gradr there is TensorFlow's gradient at each frame's conv output."""
     ex, data = load(path)
-    res = ex.explain(data["clip"], target=TARGET, method="ebr")
-    assert res.maps.shape == data["clip"].shape[1:4]
+    steps = data["clip"].shape[1]
+    relus = [n for n in ex.graph.nodes if n.op_type == "Relu"]
+    want = np.moveaxis(data["grad_conv"][0], -1, 1)[:, None]  # (T, 1, C, h, w): each copy is NCHW
+    scale = np.abs(want).max()
+    for layer in (relus[0].name, relus[3].outputs[0]):
+        res = ex.explain(data["clip"], target=TARGET, method="gradr", layer=layer)
+        assert len(res.info["layer_tensors"]) == steps
+        np.testing.assert_allclose(res.signal, want, atol=1e-4 * scale, rtol=0)
+        np.testing.assert_allclose(res.maps, data["grad_conv"][0].sum(axis=-1), atol=1e-4 * scale, rtol=0)
+    ebr = ex.explain(data["clip"], target=TARGET, method="ebr", layer=relus[0].name)
+    assert ebr.maps.shape == (steps, 16, 16) and np.isfinite(ebr.maps).all()
+
+
+def test_copies_run_whole_with_small_batches():
+    """Per-frame copies read fixed frames, so the CNN part runs on the whole clip whatever ``batch_size``."""
+    path = KERAS / "lstm_seq.onnx"
+    data = np.load(path.with_suffix(".npz"))
+    relu = next(n for n in ModelGraph(str(path)).nodes if n.op_type == "Relu").name
+    for layer in (None, relu):
+        small, large = (Explainer(path, batch_size=b).explain(data["clip"], target=TARGET, method="cebr", layer=layer)
+                        for b in (2, 16))
+        np.testing.assert_allclose(small.maps, large.maps, rtol=1e-5, atol=1e-7)
 
 
 # -- a Scan RNN over per-frame features, written by hand ------------------------------------------------------------

@@ -15,37 +15,107 @@ outputs), the *positive-contribution* rule is used: ``Z = f(x⁺, W⁺) + f(x⁻
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..graph import Node
 from .registry import needs_inputs, rule
 from .stabilize import safe_divide
 
 Linear = Callable[[Any, Any], Any]
+#: Block size of the output axis (in weight elements) over which a matrix weight's parts are formed: W⁺ of a large
+#: classifier (VGG-16's fc6: 411 MB) is never built whole.
+BLOCK_ELEMENTS = 1 << 22
 
 
-def excitation(ctx, node: Node, x: Any, p: Any, w: Any, forward: Linear, transpose: Linear) -> Any:
-    """The EB identity above for one linear op: ``x ⊙ fᵀ(p ⊘₀ f(x, W⁺), W⁺)`` (Eq. 8)."""
+class ArrayLinear:
+    """``f`` and ``fᵀ`` of a linear op by a weight array and its parts: ``"all"`` (W), ``"pos"`` (W⁺), ``"neg"``
+    (W⁻). ``axis`` is the axis of the weight that indexes outputs (the signal's ``out_axis``), over which the op splits
+    into blocks; ``None`` keeps it whole."""
+
+    def __init__(self, xp, w: Any, forward: Linear, transpose: Linear, axis: int | None = None,
+                 out_axis: int = -1) -> None:
+        self.xp, self.w, self._forward, self._transpose = xp, w, forward, transpose
+        self.axis, self.out_axis = axis, out_axis
+        self._parts: dict[str, Any] = {}
+
+    def part(self, which: str) -> Any:
+        if which not in self._parts:
+            xp, w = self.xp, self.w
+            self._parts[which] = w if which == "all" else xp.maximum(w, 0) if which == "pos" else xp.minimum(w, 0)
+        return self._parts[which]
+
+    def forward(self, x: Any, which: str) -> Any:
+        return self._forward(x, self.part(which))
+
+    def transpose(self, q: Any, which: str) -> Any:
+        return self._transpose(q, self.part(which))
+
+    def blocks(self, p: Any) -> Iterator[tuple["ArrayLinear", Any]]:
+        """(op, signal) per block of outputs; a block's parts are formed only while it is in use."""
+        fits = self.axis is not None and self.w.ndim >= 2 and p.ndim >= -self.out_axis
+        size = self.w.shape[self.axis] if fits else 0
+        step = max(1, BLOCK_ELEMENTS * size // max(1, self.w.size)) if size else 0
+        if not size or step >= size:
+            yield self, p
+            return
+        for start in range(0, size, step):
+            index = [slice(None)] * self.w.ndim
+            index[self.axis] = slice(start, start + step)
+            signal = [slice(None)] * p.ndim
+            signal[self.out_axis] = slice(start, start + step)
+            yield ArrayLinear(self.xp, self.w[tuple(index)], self._forward, self._transpose), p[tuple(signal)]
+
+
+def excite(ctx, node: Node, x: Any, p: Any, op) -> Any:
+    """The EB identity above for one linear op given as ``op`` (an :class:`ArrayLinear` or a compiled kernel):
+    ``x ⊙ Σ_blocks fᵀ(p ⊘₀ f(x, W⁺), W⁺)`` (Eq. 8)."""
     xp = ctx.xp
-    w_pos = xp.maximum(w, 0)
     if bool((x < 0).any()):
         ctx.warn_once(
             "negative-activations",
             f"node {node.name!r} ({node.op_type}) receives negative activations, which EB does not assume (A1); "
             "the positive-contribution rule x⁺W⁺ + x⁻W⁻ is used there and below",
         )
-        w_neg = xp.minimum(w, 0)
         x_pos, x_neg = xp.maximum(x, 0), xp.minimum(x, 0)
-        q = safe_divide(xp, p, forward(x_pos, w_pos) + forward(x_neg, w_neg))
-        return x_pos * transpose(q, w_pos) + x_neg * transpose(q, w_neg)
-    return x * transpose(safe_divide(xp, p, forward(x, w_pos)), w_pos)
+        pos = neg = None
+        for block, p_b in op.blocks(p):
+            q = safe_divide(xp, p_b, block.forward(x_pos, "pos") + block.forward(x_neg, "neg"))
+            pos = _accumulate(pos, block.transpose(q, "pos"))
+            neg = _accumulate(neg, block.transpose(q, "neg"))
+        return x_pos * pos + x_neg * neg
+    total = None
+    for block, p_b in op.blocks(p):
+        total = _accumulate(total, block.transpose(safe_divide(xp, p_b, block.forward(x, "pos")), "pos"))
+    return _scaled(xp, total, x)
 
 
-def linear_rule(ctx, node: Node, x: Any, p: Any, w: Any, forward: Linear, transpose: Linear) -> Any:
+def _accumulate(total: Any, term: Any) -> Any:
+    """``total + term``, in place where the shapes allow."""
+    if total is None:
+        return term
+    if total.shape == term.shape and total.dtype == term.dtype:
+        total += term
+        return total
+    return total + term
+
+
+def _scaled(xp, t: Any, x: Any) -> Any:
+    """``x ⊙ t``, in place in ``t`` (a temporary of the rule) where the shapes allow."""
+    if t.shape == x.shape and t.dtype == x.dtype and getattr(t, "flags", None) is not None and t.flags.writeable:
+        return xp.multiply(t, x, out=t)
+    return x * t
+
+
+def excitation(ctx, node: Node, x: Any, p: Any, w: Any, forward: Linear, transpose: Linear) -> Any:
+    """The EB identity above for one linear op by a weight array: ``x ⊙ fᵀ(p ⊘₀ f(x, W⁺), W⁺)`` (Eq. 8)."""
+    return excite(ctx, node, x, p, ArrayLinear(ctx.xp, w, forward, transpose))
+
+
+def linear_rule(ctx, node: Node, x: Any, p: Any, op) -> Any:
     """EB or gradient of one linear op, by the walk's mode."""
     if ctx.mode == "grad":
-        return transpose(p, w)
-    return excitation(ctx, node, x, p, w, forward, transpose)
+        return op.transpose(p, "all")
+    return excite(ctx, node, x, p, op)
 
 
 # -- Conv -------------------------------------------------------------------------------------------------------------
@@ -101,14 +171,21 @@ def conv_forward(xp, geo: ConvGeometry, x: Any, w: Any) -> Any:
     top, left, bottom, right = geo.pads
     xp_ = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(geo.pads) else x
     oh, ow = geo.out
-    wg = w.reshape(g, m // g, c // g, geo.kernel[0], geo.kernel[1])
+    wk = _offset_major(xp, w, g)
     y = xp.zeros((n, g, m // g, oh * ow), dtype=x.dtype)
     for i in range(geo.kernel[0]):
         for j in range(geo.kernel[1]):
             rows, cols = geo.window(i, j)
             patch = xp.ascontiguousarray(xp_[:, :, rows, cols]).reshape(n, g, c // g, oh * ow)
-            y += xp.matmul(wg[:, :, :, i, j], patch)
+            y += xp.matmul(wk[i, j], patch)
     return y.reshape(n, m, oh, ow)
+
+
+def _offset_major(xp, w: Any, g: int) -> Any:
+    """The weight as ``[i, j, group, out, in]``, contiguous: each offset's matrices are BLAS operands (a strided
+    ``w[..., i, j]`` view is not, and makes NumPy's matmul fall back to its slow loop)."""
+    m, cg, kh, kw = w.shape
+    return xp.ascontiguousarray(w.reshape(g, m // g, cg, kh, kw).transpose(3, 4, 0, 1, 2))
 
 
 def conv_transpose(xp, geo: ConvGeometry, q: Any, w: Any, c: int) -> Any:
@@ -119,34 +196,40 @@ def conv_transpose(xp, geo: ConvGeometry, q: Any, w: Any, c: int) -> Any:
     h, wd = geo.size
     out = xp.zeros((n, c, h + top + bottom, wd + left + right), dtype=q.dtype)
     oh, ow = geo.out
-    wg = w.reshape(g, m // g, c // g, geo.kernel[0], geo.kernel[1])
+    wk = xp.ascontiguousarray(xp.swapaxes(_offset_major(xp, w, g), 3, 4))
     qg = q.reshape(n, g, m // g, oh * ow)
     for i in range(geo.kernel[0]):
         for j in range(geo.kernel[1]):
             rows, cols = geo.window(i, j)
-            contrib = xp.matmul(xp.swapaxes(wg[:, :, :, i, j], 1, 2), qg)
+            contrib = xp.matmul(wk[i, j], qg)
             out[:, :, rows, cols] += contrib.reshape(n, c, oh, ow)
     return out[:, :, top:top + h, left:left + wd]
+
+
+def _conv_op(ctx, node: Node, geo: ConvGeometry, c: int):
+    """The Conv's ``f``/``fᵀ``: a cached onnxruntime kernel where one applies, else the array code above."""
+    from ..kernels import conv_kernel
+
+    kernel = conv_kernel(ctx, node, geo)
+    if kernel is not None:
+        return kernel
+    xp = ctx.xp
+    w = ctx.weight(node, 1)
+    w2 = w[:, :, None, :] if geo.spatial == 1 else w
+    return ArrayLinear(xp, w2, lambda a, k: conv_forward(xp, geo, a, k), lambda q, k: conv_transpose(xp, geo, q, k, c))
 
 
 @rule("Conv", needs=needs_inputs)
 def conv(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     """Conv: Eq. 8 with ``f`` = convolution by W⁺ (strides, pads, dilations, groups; no bias)."""
-    xp, p = ctx.xp, signals[0]
-    w = ctx.weight(node, 1)
+    p = signals[0]
     x_shape = ctx.shape(node.inputs[0])
-    geo = ConvGeometry(node, x_shape, tuple(w.shape))
+    geo = ConvGeometry(node, x_shape, tuple(ctx.shape(node.inputs[1])))
     one_d = geo.spatial == 1
-    w2 = w[:, :, None, :] if one_d else w
     p2 = p[:, :, None, :] if one_d else p
     x = ctx.value(node.inputs[0]) if ctx.mode == "eb" else None
     x2 = x[:, :, None, :] if (one_d and x is not None) else x
-    c = x_shape[1]
-    result = linear_rule(
-        ctx, node, x2, p2, w2,
-        lambda a, k: conv_forward(xp, geo, a, k),
-        lambda q, k: conv_transpose(xp, geo, q, k, c),
-    )
+    result = linear_rule(ctx, node, x2, p2, _conv_op(ctx, node, geo, x_shape[1]))
     return [result[:, :, 0, :] if one_d else result, None, None]
 
 
@@ -177,16 +260,24 @@ def _matmul_operand_rule(ctx, node: Node, p: Any, a_name: str, b_name: str, scal
             "operand only (use method='grad' for this model)"
         )
     if a_sig:
-        w = scale * ctx.weight(node, list(node.inputs).index(b_name))
+        w = _scaled_weight(ctx, node, b_name, scale)
         x = ctx.value(a_name) if ctx.mode == "eb" else None
-        da = linear_rule(ctx, node, x, p, w,
-                         lambda v, k: xp.matmul(v, k), lambda q, k: xp.matmul(q, xp.swapaxes(k, -1, -2)))
+        op = ArrayLinear(xp, w, lambda v, k: xp.matmul(v, k), lambda q, k: xp.matmul(q, xp.swapaxes(k, -1, -2)),
+                         axis=w.ndim - 1, out_axis=-1)
+        da = linear_rule(ctx, node, x, p, op)
         return _unbroadcast(xp, da, ctx.shape(a_name)), None
-    w = scale * ctx.weight(node, list(node.inputs).index(a_name))
+    w = _scaled_weight(ctx, node, a_name, scale)
     x = ctx.value(b_name) if ctx.mode == "eb" else None
-    db = linear_rule(ctx, node, x, p, w,
-                     lambda v, k: xp.matmul(k, v), lambda q, k: xp.matmul(xp.swapaxes(k, -1, -2), q))
+    op = ArrayLinear(xp, w, lambda v, k: xp.matmul(k, v), lambda q, k: xp.matmul(xp.swapaxes(k, -1, -2), q),
+                     axis=max(w.ndim - 2, 0), out_axis=-2)
+    db = linear_rule(ctx, node, x, p, op)
     return None, _unbroadcast(xp, db, ctx.shape(b_name))
+
+
+def _scaled_weight(ctx, node: Node, name: str, scale: float) -> Any:
+    """``scale`` times the constant operand (no copy when ``scale`` is 1)."""
+    w = ctx.weight(node, list(node.inputs).index(name))
+    return w if scale == 1.0 else scale * w
 
 
 def _unbroadcast(xp, grad: Any, shape: tuple[int, ...]) -> Any:
