@@ -29,7 +29,7 @@ from ..errors import EbrError
 from ..graph import Node
 from .linear import _unbroadcast, excitation
 from .registry import needs_input, needs_inputs, needs_nothing, needs_output, rule
-from .stabilize import safe_divide
+from .stabilize import safe_divide, sigmoid
 
 
 def _to_inputs(ctx, node: Node, per_input: Sequence[Any]) -> list[Any]:
@@ -218,12 +218,8 @@ def softmax_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     return [out.reshape(p.shape)]
 
 
-def _sigmoid(xp, x: Any) -> Any:
-    return 0.5 * (1 + xp.tanh(x / 2))
-
-
 def _d_sigmoid(xp, node: Node, x: Any, y: Any) -> Any:
-    s = _sigmoid(xp, x)
+    s = sigmoid(xp, x)
     return s * (1 - s)
 
 
@@ -242,7 +238,7 @@ def _d_selu(xp, node: Node, x: Any, y: Any) -> Any:
 
 
 def _d_softplus(xp, node: Node, x: Any, y: Any) -> Any:
-    return _sigmoid(xp, x)
+    return sigmoid(xp, x)
 
 
 def _d_softsign(xp, node: Node, x: Any, y: Any) -> Any:

@@ -64,22 +64,18 @@ from ..errors import EbrError
 from ..graph import Node
 from .linear import excitation
 from .registry import needs_inputs, rule
-from .stabilize import safe_divide
+from .stabilize import safe_divide, sigmoid
 
 RULE_SETS = ("caffe", "excitation")
 
 
 # -- activations --------------------------------------------------------------------------------------------------
-def _sigmoid(xp, x):
-    return 1 / (1 + xp.exp(-x))
-
-
 #: name → (value, derivative by the input, default alpha, default beta); alpha/beta None = takes none.
 _ACTIVATIONS: dict[str, tuple[Callable, Callable, float | None, float | None]] = {
     "relu": (lambda xp, x, a, b: xp.maximum(x, 0), lambda xp, x, a, b: (x > 0).astype(x.dtype), None, None),
     "tanh": (lambda xp, x, a, b: xp.tanh(x), lambda xp, x, a, b: 1 - xp.tanh(x) ** 2, None, None),
-    "sigmoid": (lambda xp, x, a, b: _sigmoid(xp, x),
-                lambda xp, x, a, b: _sigmoid(xp, x) * (1 - _sigmoid(xp, x)), None, None),
+    "sigmoid": (lambda xp, x, a, b: sigmoid(xp, x),
+                lambda xp, x, a, b: sigmoid(xp, x) * (1 - sigmoid(xp, x)), None, None),
     "affine": (lambda xp, x, a, b: a * x + b, lambda xp, x, a, b: xp.full_like(x, a), 1.0, 0.0),
     "leakyrelu": (lambda xp, x, a, b: xp.where(x > 0, x, a * x),
                   lambda xp, x, a, b: xp.where(x > 0, 1, a).astype(x.dtype), 0.01, None),
@@ -92,7 +88,7 @@ _ACTIVATIONS: dict[str, tuple[Callable, Callable, float | None, float | None]] =
     "elu": (lambda xp, x, a, b: xp.where(x >= 0, x, a * (xp.exp(xp.minimum(x, 0)) - 1)),
             lambda xp, x, a, b: xp.where(x >= 0, 1, a * xp.exp(xp.minimum(x, 0))).astype(x.dtype), 1.0, None),
     "softsign": (lambda xp, x, a, b: x / (1 + xp.abs(x)), lambda xp, x, a, b: 1 / (1 + xp.abs(x)) ** 2, None, None),
-    "softplus": (lambda xp, x, a, b: xp.logaddexp(x, 0), lambda xp, x, a, b: _sigmoid(xp, x), None, None),
+    "softplus": (lambda xp, x, a, b: xp.logaddexp(x, 0), lambda xp, x, a, b: sigmoid(xp, x), None, None),
 }
 
 

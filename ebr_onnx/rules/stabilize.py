@@ -1,4 +1,4 @@
-"""The one place for the Z == 0 convention of the EB rules."""
+"""Numerically safe helpers: the one place for the Z == 0 convention of the EB rules, and a stable sigmoid."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,3 +11,8 @@ def safe_divide(xp: Any, numerator: Any, denominator: Any) -> Any:
     """
     zero = denominator == 0
     return xp.where(zero, 0, numerator / xp.where(zero, 1, denominator)).astype(numerator.dtype, copy=False)
+
+
+def sigmoid(xp: Any, x: Any) -> Any:
+    """σ(x) = (1 + tanh(x/2)) / 2: equal to 1/(1+e⁻ˣ), without its overflow for large negative x."""
+    return 0.5 * (1 + xp.tanh(0.5 * x))
