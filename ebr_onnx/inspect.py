@@ -11,7 +11,6 @@ import onnx
 
 from .errors import EbrError
 from .explainer import Explainer
-from .graph import load_onnx
 from .rules import registry
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -23,19 +22,18 @@ def _shape(explainer: Explainer, name: str) -> list[Any] | None:
     return list(dims) if dims is not None else None
 
 
-def describe(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
     """A JSON-able report of the model as the engine sees it."""
-    loops = [{"name": n.name or n.op_type, "op_type": n.op_type} for n in load_onnx(model).graph.node
-             if n.op_type in ("Loop", "Scan")]
-    ex = Explainer(model)
+    ex = model if isinstance(model, Explainer) else Explainer(model)
     graph = ex.graph
+    loops = [{"name": name, "op_type": op} for name, op in ex.unrolled_loops]
     logits = ex.logits_tensor()
     path = graph.nodes_between([ex.input_name], [logits])
     counts = Counter(n.op_type for n in path)
     unsupported = [{"node": n.name, "op_type": n.op_type} for n in path
                    if registry.find_rule(n.op_type, "eb") is None or registry.find_rule(n.op_type, "grad") is None]
     report: dict[str, Any] = {
-        "model": str(model) if not isinstance(model, onnx.ModelProto) else graph.model.graph.name,
+        "model": str(model) if isinstance(model, (str, Path)) else graph.model.graph.name,
         "opset": graph.opset,
         "inputs": {name: _shape(ex, name) for name in graph.inputs},
         "explained_input": ex.input_name,
@@ -71,8 +69,16 @@ def describe(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
                 "hidden_size": node.attr("hidden_size"), "activations": node.attr("activations"),
                 "time_axis": 1 if node.attr("layout", 0) else 0,
             })
+        chains: dict[int, list] = {}
         for cell in parts.cells:
-            report["recurrences"].append({"kind": f"unrolled {type(cell).__name__}", "step_inputs": list(cell.x_inputs)})
+            chains.setdefault(cell.chain, []).append(cell)
+        for steps in chains.values():
+            steps.sort(key=lambda c: c.step)
+            report["recurrences"].append({
+                "kind": "unrolled " + ("GRU" if type(steps[0]).__name__ == "GruCell" else "LSTM") + " cells",
+                "steps": len(steps), "first_step_inputs": list(steps[0].x_inputs),
+                "last_step_inputs": list(steps[-1].x_inputs),
+            })
     cnn_side = graph.nodes_between([ex.input_name], [report["boundary"] or logits])
     report["map_layers"] = [
         {"tensor": n.outputs[0], "op_type": n.op_type, "shape": _shape(ex, n.outputs[0])}
@@ -106,8 +112,8 @@ def format_report(report: dict[str, Any]) -> str:
                          f"(time axis {rec['time_axis']}), hidden {rec['hidden_size']}, "
                          f"activations {rec['activations'] or 'default'}")
         else:
-            lines.append(f"recurrence: {rec['kind']} reading {', '.join(rec['step_inputs'][:3])}"
-                         f"{' …' if len(rec['step_inputs']) > 3 else ''}")
+            lines.append(f"recurrence: {rec['kind']}, {rec['steps']} steps, from {', '.join(rec['first_step_inputs'])} "
+                         f"to {', '.join(rec['last_step_inputs'])}")
     if "recurrence_problem" in report:
         lines.append(f"no recurrent part: {report['recurrence_problem']}")
     lines.append(f"RNN→CNN boundary: {report['boundary']}")

@@ -1,0 +1,57 @@
+"""``describe`` / ``Explainer.summary`` report what the engine finds, on a fused LSTM, a Loop model and a CNN."""
+from pathlib import Path
+
+import pytest
+
+from ebr_onnx import Explainer
+from ebr_onnx.demo import BUNDLED_MODEL
+from ebr_onnx.inspect import describe, format_report
+
+KERAS = Path(__file__).parent / "fixtures" / "keras"
+
+
+@pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="the bundled model is missing")
+def test_bundled_model_report():
+    report = Explainer(BUNDLED_MODEL).summary()
+    assert report["ops_without_rules"] == []
+    (lstm,) = report["recurrences"]
+    assert lstm["op_type"] == "LSTM" and lstm["direction"] == "forward" and lstm["time_axis"] == 0
+    assert lstm["activations"][1:] == ["Relu", "Relu"]
+    assert report["boundary"] == "features" and report["classifier"]
+    assert any(m["tensor"] == "relu3" for m in report["map_layers"])
+    text = format_report(report)
+    assert "RNN→CNN boundary: features" in text and "every op on the signal path has EB and gradient rules" in text
+
+
+def test_loop_model_reports_unrolled_loop_and_cells():
+    report = describe(str(KERAS / "bigru_seq.onnx"))
+    assert report["loops_unrolled"] and all(loop["op_type"] == "Loop" for loop in report["loops_unrolled"])
+    kinds = [r["kind"] for r in report["recurrences"]]
+    assert kinds and all(k == "unrolled GRU cells" for k in kinds)
+    assert all(r["steps"] == 6 for r in report["recurrences"])
+    assert report["ops_without_rules"] == []
+
+
+def test_cnn_without_recurrence(make_model_cnn):
+    report = describe(make_model_cnn)
+    assert report["recurrences"] == [] and report["boundary"] is None
+    assert "no recurrent part" in format_report(report)
+    assert report["classifier"] == "fc"
+
+
+@pytest.fixture
+def make_model_cnn():
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "fw")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fw"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
