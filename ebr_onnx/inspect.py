@@ -48,11 +48,13 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
         "classifier": None,
         "map_layers": [],
     }
+    from .temporal import dual_nodes, plan
+
     try:
-        report["classifier"] = ex.find_classifier(logits).name
+        names = sorted(dual_nodes(ex, logits, None))
+        report["classifier"] = names[0] if len(names) == 1 else names
     except EbrError as exc:
         report["classifier_problem"] = str(exc)
-    from .temporal import plan
 
     try:
         parts = plan(ex, logits, None)
@@ -117,7 +119,10 @@ def format_report(report: dict[str, Any]) -> str:
     if "recurrence_problem" in report:
         lines.append(f"no recurrent part: {report['recurrence_problem']}")
     lines.append(f"RNN→CNN boundary: {report['boundary']}")
-    lines.append(f"classifier: {report['classifier'] or report.get('classifier_problem')}")
+    classifier = report["classifier"]
+    if isinstance(classifier, list):
+        classifier = f"{len(classifier)} nodes sharing the classifier's weights ({classifier[0]}, …)"
+    lines.append(f"classifier (negated by the contrastive dual): {classifier or report.get('classifier_problem')}")
     layers = report["map_layers"][-8:]
     lines.append("candidate map layers (last 8): " + ", ".join(f"{m['tensor']} {m['shape']}" for m in layers))
     if "recommended_map_layer" in report:

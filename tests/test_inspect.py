@@ -30,6 +30,7 @@ def test_loop_model_reports_unrolled_loop_and_cells():
     assert kinds and all(k == "unrolled GRU cells" for k in kinds)
     assert all(r["steps"] == 6 for r in report["recurrences"])
     assert report["ops_without_rules"] == []
+    assert isinstance(report["classifier"], list) and len(report["classifier"]) == 6   # one Dense copy per step
 
 
 def test_cnn_without_recurrence(make_model_cnn):
