@@ -64,14 +64,9 @@ def _back(p: Weights, hidden_seq: str) -> tuple[list, list]:
 
 def fused_lstm(p: Weights, steps: int, batch: int = 1, act: str = "Relu") -> onnx.ModelProto:
     """frames → relu(frames V) → LSTM (activations Sigmoid, act, act) → per-step classifier."""
-    front, inits = _front(p)
     lstm = helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y"], name="lstm", hidden_size=p.r.shape[1],
                             activations=["Sigmoid", act, act])
-    squeeze = helper.make_node("Squeeze", ["Y", "axis1"], ["hs"], name="squeeze")
-    back, back_inits = _back(p, "hs")
-    inits += [_init("W", p.w[None]), _init("R", p.r[None]), _init("B", np.concatenate([p.wb, p.rb])[None]),
-              _init("axis1", np.array([1], np.int64))] + back_inits
-    return _model(front + [lstm, squeeze] + back, inits, steps, batch, p.v.shape[0], p.w8.shape[0])
+    return _fused(p, lstm, steps, batch)
 
 
 def unrolled_lstm(p: Weights, steps: int, batch: int = 1, act: str = "Relu", style: str = "pytorch"
@@ -118,14 +113,19 @@ def unrolled_lstm(p: Weights, steps: int, batch: int = 1, act: str = "Relu", sty
 def fused_gru(p: Weights, steps: int, batch: int = 1, act: str = "Relu", linear_before_reset: int = 1
               ) -> onnx.ModelProto:
     """frames → relu(frames V) → GRU (activations Sigmoid, act) → per-step classifier."""
-    front, inits = _front(p)
     gru = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y"], name="gru", hidden_size=p.r.shape[1],
                            activations=["Sigmoid", act], linear_before_reset=linear_before_reset)
+    return _fused(p, gru, steps, batch)
+
+
+def _fused(p: Weights, op: onnx.NodeProto, steps: int, batch: int) -> onnx.ModelProto:
+    """frames → relu(frames V) → the fused recurrent ``op`` (inputs x, W, R, B) → per-step classifier."""
+    front, inits = _front(p)
     squeeze = helper.make_node("Squeeze", ["Y", "axis1"], ["hs"], name="squeeze")
     back, back_inits = _back(p, "hs")
     inits += [_init("W", p.w[None]), _init("R", p.r[None]), _init("B", np.concatenate([p.wb, p.rb])[None]),
               _init("axis1", np.array([1], np.int64))] + back_inits
-    return _model(front + [gru, squeeze] + back, inits, steps, batch, p.v.shape[0], p.w8.shape[0])
+    return _model(front + [op, squeeze] + back, inits, steps, batch, p.v.shape[0], p.w8.shape[0])
 
 
 def unrolled_gru(p: Weights, steps: int, batch: int = 1, act: str = "Relu", style: str = "pytorch"
