@@ -1,9 +1,9 @@
 """Procedurally generated action videos: one moving object whose class is its motion pattern, in clutter.
 
-Every clip shows a textured background, a few static distractor shapes, per-frame pixel noise and one *acting*
-object. The actor's shape, colour and size are drawn at random independently of the class, from the same families as
-the distractors, so a single frame does not tell the class: only the motion over time does. The classes are
-:data:`CLASS_NAMES`. Every frame comes with the actor's ground-truth box for the spatial pointing game.
+Every clip shows a textured background, a few static translucent distractor shapes, per-frame pixel noise and one
+opaque *acting* object. The actor's shape, colour and size are drawn at random independently of the class, from the
+same shapes and palette as the distractors, so a single frame does not tell the class: only the motion over time does.
+The classes are :data:`CLASS_NAMES`. Every frame comes with the actor's ground-truth box for the spatial pointing game.
 
 :func:`make_concatenated` builds the synthetic temporal-localization setups of the paper (Sec. 5.2): ``rand+GT``,
 ``GT+rand`` (two clips of different classes back to back) and ``rand+GT+rand`` (a GT clip inserted into a clip of
