@@ -35,10 +35,13 @@ from ebr_onnx.preprocess import preprocess
 from ebr_onnx.synthetic import CLASS_NAMES, make_clip, make_concatenated
 
 
-def evidence(ex: Explainer, x: np.ndarray, target: int, method: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
-    """The evidence curve (T,) and maps (T, h, w) of ``method`` for ``target`` at the last step."""
-    res = ex.explain(x, target=target, method=method, layer=layer, time_step=-1)
-    return res.temporal, res.maps
+#: The Table 2 columns: (name, method, recurrent rule set).
+COLUMNS = (("EB-R", "ebr", "caffe"), ("cEB-R", "cebr", "caffe"), ("cEB-R exc.", "cebr", "excitation"))
+
+
+def evidence(ex: Explainer, x: np.ndarray, target: int, method: str, layer: str, rules: str = "caffe"):
+    """``method``'s result for ``target`` with the prior at the last step (maps, evidence curve, logits)."""
+    return ex.explain(x, target=target, method=method, layer=layer, time_step=-1, recurrent_rules=rules)
 
 
 def _segment_score(curve: np.ndarray, seg: tuple[int, int]) -> float:
@@ -57,12 +60,10 @@ def table2(ex: Explainer, spec, layer: str, clips: int, frames: int, lengths: li
             x, _ = preprocess(clip.frames, spec)
             k = clip.gt_class
             gts.setdefault(k, []).append((i, clip.gt_segment))
-            probs_all = softmax(np.asarray(ex.explain(x, target=k, method="gradr", layer=None,
-                                                      time_step=-1).output, np.float64).reshape(frames, -1))
-            probs = probs_all[:, k]
-            curves = {"probability": probs}
-            for method in ("ebr", "cebr"):
-                curves[method] = evidence(ex, x, k, method, layer)[0]
+            per_column = {name: evidence(ex, x, k, method, layer, rules) for name, method, rules in COLUMNS}
+            logits = np.asarray(per_column[COLUMNS[0][0]].output, np.float64).reshape(frames, -1)
+            probs = softmax(logits)[:, k]
+            curves = {"probability": probs, **{name: r.temporal for name, r in per_column.items()}}
             for method, curve in curves.items():
                 if method == "probability":
                     known, unknown = probability_window(probs, length), probability_segment(probs)
@@ -84,7 +85,7 @@ def table1(ex: Explainer, spec, layer: str, clips: int, seed: int, frame_size: i
         clip = make_clip(seed * 7919 + i)
         x, crop = preprocess(clip.frames, spec)
         for method in ("ebr", "cebr", "gradr"):
-            maps = ex.explain(x, target=clip.label, method=method, layer=layer, time_step=-1).maps
+            maps = evidence(ex, x, clip.label, method, layer).maps
             points = peaks_to_frame_coords(spatial_peaks(maps), maps.shape[1:], crop)
             for point, box in zip(points, clip.boxes):
                 games[method].aggregate(games[method].evaluate(point, box))
@@ -112,13 +113,16 @@ def main() -> None:
     t2 = table2(ex, spec, layer, args.clips, args.frames, lengths, args.seed)
     print(f"Table 2: mAP (%) at IoU 0.5, rand+GT+rand, {args.frames}-frame clips, {args.clips} clips per length, "
           f"{len(CLASS_NAMES)} classes, bundled model, map layer {layer}")
-    print(f"{'setting':8s} {'GT length':>9s} {'Probability':>12s} {'EB-R':>7s} {'cEB-R':>7s}")
+    names = ["probability"] + [name for name, _, _ in COLUMNS]
+    print(f"{'setting':8s} {'GT length':>9s} " + " ".join(f"{n:>11s}" for n in names))
     for setting in ("known", "unknown"):
         for length in lengths:
-            row = [f"{100 * t2[(m, setting, length)]:.1f}" for m in ("probability", "ebr", "cebr")]
+            row = [f"{100 * t2[(m, setting, length)]:.1f}" for m in names]
             if setting == "unknown":
                 row[1] = "-"  # EB-R is non-negative: Sec. 4.1's extension never stops (the paper leaves it out too)
-            print(f"{setting:8s} {length:9d} {row[0]:>12s} {row[1]:>7s} {row[2]:>7s}")
+            print(f"{setting:8s} {length:9d} " + " ".join(f"{v:>11s}" for v in row))
+    print("(EB-R, cEB-R: the release's recurrent rules, recurrent_rules='caffe'; cEB-R exc.: recurrent_rules="
+          "'excitation'; prior at the last step)")
     t1 = table1(ex, spec, layer, args.clips, args.seed, int(ex.graph.metadata_json("ebr_onnx.input_size", [64])[0]))
     print("\nTable 1: spatial pointing game accuracy (%), single-action clips, every frame")
     print("  ".join(f"{name}: {100 * acc:.1f}" for name, acc in
