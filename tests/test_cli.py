@@ -139,4 +139,4 @@ def test_demo(tmp_path):
     assert "grounds" in proc.stdout and "truth" in proc.stdout
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert 0.0 <= report["truth"]["iou"] <= 1.0
-    _check_outputs(tmp_path / "demo", 32)
+    _check_outputs(tmp_path / "demo", 16)
