@@ -13,6 +13,7 @@ Methods (paper Table 1):
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,7 +25,7 @@ from .backend import array_module, to_numpy
 from .errors import EbrError
 from .forward import ForwardRunner
 from .graph import ModelGraph, Node, load_onnx
-from .kernels import KernelCache
+from .kernels import KernelCache, blas_threads
 from .unroll import has_loops, unroll_loops
 from .walk import RuleContext, required_values, walk
 
@@ -84,6 +85,9 @@ class Explainer:
         add_rule: str = "proportional",
     ) -> None:
         proto = load_onnx(model)
+        #: The Loop/Scan nodes of the model as given, unrolled into per-step ops on load.
+        self.unrolled_loops = [(n.name or n.op_type, n.op_type) for n in proto.graph.node
+                               if n.op_type in ("Loop", "Scan")]
         self.graph = ModelGraph(unroll_loops(proto) if has_loops(proto) else proto)
         self.device = device
         self.xp = array_module(device)
@@ -211,6 +215,17 @@ class Explainer:
             names.update(t for t in node.inputs if t in self.signal and t not in shapes)
         return sorted(n for n in names if n and not self.graph.is_constant(n))
 
+    def derivable(self, names: Sequence[str], protect: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+        """Split captures into those to capture and Relu outputs to compute from their captured input when read
+        (the rules of a CNN read both sides of each ReLU: this halves what the forward hands over)."""
+        wanted, protect = set(names), set(protect)
+        derived = {}
+        for name in names:
+            node = self.graph.producer.get(name)
+            if node is not None and node.op_type == "Relu" and node.inputs[0] in wanted and name not in protect:
+                derived[name] = node.inputs[0]
+        return [n for n in names if n not in derived], derived
+
     def context(self, mode: str, values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], **kw: Any
                 ) -> RuleContext:
         options = {"add_rule": self.add_rule, **kw.pop("options", {})}
@@ -240,6 +255,13 @@ class Explainer:
                 out[n, ..., k] = 1.0
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """What the engine finds in the model: ops and their rules, recurrences, boundary, classifier, map layers
+        (:func:`ebr_onnx.inspect.describe`)."""
+        from .inspect import describe
+
+        return describe(self)
+
     # -- the verb -------------------------------------------------------------------------------------------------
     def explain(
         self,
@@ -267,8 +289,9 @@ class Explainer:
         if method in RECURRENT_METHODS:
             from .temporal import explain_recurrent
 
-            return explain_recurrent(self, inputs, target, method, layer, prior=prior, output=output,
-                                     classifier=classifier, extra_inputs=extra_inputs, **recurrent)
+            with self._blas():
+                return explain_recurrent(self, inputs, target, method, layer, prior=prior, output=output,
+                                         classifier=classifier, extra_inputs=extra_inputs, **recurrent)
         if recurrent:
             raise EbrError(f"options {sorted(recurrent)} apply to the recurrent methods {RECURRENT_METHODS} only")
         logits = self.logits_tensor(output)
@@ -284,8 +307,9 @@ class Explainer:
             top = self.graph.nodes_between([cls_input], [logits])
             split = (cls, cls_input, top, [n for n in nodes if n not in top])
         feeds = self.feeds(inputs, extra_inputs)
-        results = [self._explain_batch(batch, target, method, mode, layer_t, logits, nodes, split, prior)
-                   for batch in self._batches(feeds)]
+        with self._blas():
+            results = [self._explain_batch(batch, target, method, mode, layer_t, logits, nodes, split, prior)
+                       for batch in self._batches(feeds)]
         first = results[0]
         return ExplainResult(
             maps=np.concatenate([r.maps for r in results]),
@@ -298,28 +322,34 @@ class Explainer:
             info={"logits": logits, **first.info},
         )
 
+    def _blas(self):
+        """On the CPU, NumPy's BLAS runs single-threaded during a walk: its busy-waiting workers would compete with
+        onnxruntime's threads for the cores (see :func:`ebr_onnx.kernels.blas_threads`)."""
+        return blas_threads(1) if self.kernels is not None else nullcontext()
+
     def _explain_batch(self, feeds, target, method, mode, layer_t, logits, nodes, split, prior) -> ExplainResult:
         shapes = self.shapes_for(feeds)
         extra = [logits] + ([layer_t] if method == "grad_x_input" else [])
-        values = self.runner.run(feeds, self.capture_plan(nodes, mode, shapes, extra))
+        captures, derived = self.derivable(self.capture_plan(nodes, mode, shapes, extra), extra)
+        values = self.runner.run(feeds, captures)
         out = values[logits]
         n = out.shape[0]
         targets = self._targets(target, out, n)
         top = self.prior(out, targets, prior)
-        ctx = self.context(mode, values, shapes)
+        ctx = self.context(mode, values, shapes, derived=derived, owns_values=True)
         xp = self.xp
         seeds = {logits: xp.asarray(top)}
         if split is None:
-            signal = walk(ctx, nodes, seeds, keep={layer_t}, reach=self._reach(layer_t)).get(layer_t)
+            signal = walk(ctx, nodes, seeds, keep={layer_t}, reach=self._reach(layer_t), release=True).get(layer_t)
         else:
             cls, cls_input, top_nodes, rest = split
             pos = walk(ctx, top_nodes, seeds, keep={cls_input}).get(cls_input)
-            dual_ctx = self.context(mode, values, shapes, negated=frozenset({cls.name}))
+            dual_ctx = self.context(mode, values, shapes, negated=frozenset({cls.name}), derived=derived)
             neg = walk(dual_ctx, top_nodes, seeds, keep={cls_input}).get(cls_input)
             ctx.warnings.extend(w for w in dual_ctx.warnings if w not in ctx.warnings)
             start = _difference(xp, pos, neg, ctx.shape(cls_input), self.dtype)
             signal = start if cls_input == layer_t else walk(
-                ctx, rest, {cls_input: start}, keep={layer_t}, reach=self._reach(layer_t)).get(layer_t)
+                ctx, rest, {cls_input: start}, keep={layer_t}, reach=self._reach(layer_t), release=True).get(layer_t)
         signal = to_numpy(signal) if signal is not None else np.zeros(ctx.shape(layer_t), self.dtype)
         if method == "grad_x_input":
             signal = signal * np.asarray(values[layer_t] if layer_t in values else feeds[layer_t], self.dtype)

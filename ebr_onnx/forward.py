@@ -52,6 +52,7 @@ class ForwardRunner:
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if extra else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         )
+        options.enable_cpu_mem_arena = False  # an arena would keep the forward's largest buffers during the walk
         added = 0
         try:
             for name in extra:

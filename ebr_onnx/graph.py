@@ -124,17 +124,21 @@ class ModelGraph:
         """Read ``model``; ``weights`` gives the values of tensors the model declares as inputs but that are weights
         (the parts :mod:`ebr_onnx.temporal` cuts out of a model share its weights this way)."""
         full = load_onnx(model)
-        if check:
-            try:
-                onnx.checker.check_model(full)
-            except onnx.checker.ValidationError as exc:
-                raise EbrError(f"the model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
         #: The model without its weights (they are declared as inputs): what sessions and sub-models are built from.
         self.light = _light_copy(full)
+        if check:
+            try:  # on the weightless copy: checking the full model would serialize a copy of its weights
+                onnx.checker.check_model(self.light)
+            except onnx.checker.ValidationError as exc:
+                raise EbrError(f"the model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
         #: The weights as read-only NumPy arrays (views of one copy of the serialized data), shared with onnxruntime.
         self.weights: dict[str, np.ndarray] = dict(weights or {})
-        self.weights.update((init.name, numpy_helper.to_array(init)) for init in full.graph.initializer
-                            if _is_large(init))
+        try:
+            self.weights.update((init.name, numpy_helper.to_array(init)) for init in full.graph.initializer
+                                if _is_large(init))
+        except ValueError as exc:
+            raise EbrError(f"the model fails the ONNX checker: a weight's data does not match its shape ({exc})") \
+                from exc
         self._fed = [i.name for i in self.light.graph.input if i.name in self.weights]
         del full
         self.opset = next(

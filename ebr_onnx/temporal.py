@@ -45,8 +45,10 @@ RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 RESHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout"})
 #: Unrolled cells read x_t through these as well.
 _STEP_OPS = RESHAPE_OPS | {"Gather", "Slice", "Split"}
-#: The CNN captures of all chunks are kept between the two CNN passes when they take at most this many bytes.
-KEEP_BYTES = 256 << 20
+#: The CNN captures of all chunks are kept between the two CNN passes when they take at most this many bytes (a
+#: 16-frame VGG-16 clip's captures down to the input take ~860 MB: kept, the CNN runs once instead of twice; the
+#: walk of that chunk would hold them anyway).
+KEEP_BYTES = 1 << 30
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -438,8 +440,9 @@ class _CnnPass:
         part = self.p.cnn.graph
         return part.concrete_shapes({k: tuple(np.shape(feeds[k])) for k in self.p.cnn.inputs})
 
-    def _captures(self, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
-        return self.explainer.capture_plan(self.nodes, self.mode, shapes)
+    def _captures(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], dict[str, str]]:
+        """What the CNN rules read: the tensors to capture, and the Relu outputs computed from them when read."""
+        return self.explainer.derivable(self.explainer.capture_plan(self.nodes, self.mode, shapes), [self.p.boundary])
 
     def boundary_values(self) -> np.ndarray:
         """The boundary for all frames, computed chunk by chunk (keeping the CNN rules' captures if small)."""
@@ -461,11 +464,13 @@ class _CnnPass:
         parts, kept, size = [], [], 0
         for chunk in self.chunks():
             feeds = self._chunk_feeds(chunk)
-            values = self.p.cnn.run(feeds, [self.p.boundary] + self._captures(self._shapes(feeds)))
+            values = self.p.cnn.run(feeds, [self.p.boundary] + self._captures(self._shapes(feeds))[0])
             parts.append(values.pop(self.p.boundary))
             size += sum(np.asarray(v).nbytes for v in values.values())
             if size <= KEEP_BYTES:
                 kept.append(values)
+            else:
+                kept.clear()  # they do not all fit: none is kept (the walk re-runs each chunk)
         self.kept = kept if len(kept) == len(parts) else None
         self._boundary = np.concatenate(parts)
 
@@ -474,11 +479,16 @@ class _CnnPass:
         explainer = self.explainer
         feeds = self._chunk_feeds(chunk)
         shapes = self._shapes(feeds)
-        values = self.kept[i] if self.kept is not None else self.p.cnn.run(  # the first pass's session
-            feeds, [self.p.boundary] + self._captures(shapes))
-        ctx = explainer.context(self.mode, {**values, self.p.frames: feeds[self.p.frames]}, shapes)
+        captures, derived = self._captures(shapes)
+        if self.kept is not None:
+            values, self.kept[i] = self.kept[i], {}  # each chunk is walked once: its captures go as the walk goes
+        else:
+            values = self.p.cnn.run(feeds, [self.p.boundary] + captures)  # the first pass's session
+        ctx = explainer.context(self.mode, {**values, self.p.frames: feeds[self.p.frames]}, shapes, derived=derived,
+                                owns_values=True)
+        del values
         got = walk(ctx, self.nodes, {self.p.boundary: explainer.xp.asarray(start[chunk])}, keep=set(self.targets),
-                   reach=explainer.graph.signal_tensors(self.targets))
+                   reach=explainer.graph.signal_tensors(self.targets), release=True)
         warns.extend(ctx.warnings)
         parts = [np.zeros(ctx.shape(t), explainer.dtype) if got.get(t) is None else to_numpy(got[t])
                  for t in self.targets]

@@ -21,6 +21,8 @@ class RuleContext:
     through :meth:`weight`, so the model itself is never modified. ``overrides`` maps node names to rule functions
     chosen by a composite (the recurrent rule sets); ``options`` carries rule options such as ``add_rule``;
     ``kernels`` is the explainer's :class:`~ebr_onnx.kernels.KernelCache` (compiled operators of constant weights).
+    ``derived`` maps Relu outputs that were not captured to their captured inputs (computed when first read);
+    ``owns_values``: the walk may drop entries of ``values`` once no remaining rule reads them.
     """
 
     graph: ModelGraph
@@ -35,14 +37,22 @@ class RuleContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     kernels: Any = None
+    derived: Mapping[str, str] = field(default_factory=dict)
+    owns_values: bool = False
     _device_cache: dict[str, Any] = field(default_factory=dict)
+
+    def _host(self, name: str) -> Any:
+        if name in self.values:
+            return self.values[name]
+        if name in self.derived:
+            return np.maximum(self._host(self.derived[name]), 0)
+        return self.graph.constant(name)
 
     def value(self, name: str) -> Any:
         """A captured activation or a constant, as an array of the walk's module (float tensors in ``dtype``)."""
         if name in self._device_cache:
             return self._device_cache[name]
-        host = self.values[name] if name in self.values else self.graph.constant(name)
-        array = np.asarray(host)
+        array = np.asarray(self._host(name))
         if array.dtype.kind == "f":
             array = array.astype(self.dtype, copy=False)
         out = self.xp.asarray(array)
@@ -54,13 +64,21 @@ class RuleContext:
         w = self.value(node.inputs[index])
         return -w if node.name in self.negated else w
 
+    def release(self, name: str) -> None:
+        """Forget a value no remaining rule reads (and its captured copy, where the context owns the captures)."""
+        self._device_cache.pop(name, None)
+        if self.owns_values:
+            self.values.pop(name, None)  # type: ignore[attr-defined]
+
     def has_value(self, name: str) -> bool:
-        return name in self.values or self.graph.is_constant(name)
+        return name in self.values or name in self.derived or self.graph.is_constant(name)
 
     def is_signal(self, name: str) -> bool:
         return bool(name) and name in self.signal
 
     def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.derived and name not in self.values:
+            return self.shape(self.derived[name])
         if name in self.values:
             return tuple(np.shape(self.values[name]))
         if self.graph.is_constant(name):
@@ -100,25 +118,44 @@ def required_values(nodes: Iterable[Node], mode: str, overrides_needs: Callable[
 
 
 def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: Iterable[str] = (),
-         reach: set[str] | None = None) -> dict[str, Any]:
+         reach: set[str] | None = None, release: bool = False) -> dict[str, Any]:
     """Propagate ``seeds`` (signals at tensors) backward through ``nodes`` (given in topological order).
 
     Returns the signals that reached each tensor in ``keep``; other intermediate signals are freed as soon as their
     producer has consumed them. With ``reach`` given, signal sent to tensors outside it (branches that start below the
-    requested layer) is dropped.
+    requested layer) is dropped. With ``release``, each value is also released (:meth:`RuleContext.release`) after
+    the last node that may read it (registry rules read only their node's inputs and outputs; composites that
+    override rules keep everything).
     """
     keep = set(keep)
     signals: dict[str, Any] = dict(seeds)
+    last = _last_readers(nodes) if release and not ctx.overrides else {}
     for node in reversed(nodes):
         outs = [signals.get(o) for o in node.outputs]
-        if all(s is None for s in outs):
-            continue
-        ins = choose_rule(node, ctx)(node, ctx, outs)
-        for o in node.outputs:
-            if o not in keep:
-                signals.pop(o, None)
-        for name, s in zip(node.inputs, ins):
-            if s is None or not ctx.is_signal(name) or (reach is not None and name not in reach):
-                continue
-            signals[name] = signals[name] + s if name in signals else s
+        if any(s is not None for s in outs):
+            ins = choose_rule(node, ctx)(node, ctx, outs)
+            del outs
+            for o in node.outputs:
+                if o not in keep:
+                    signals.pop(o, None)
+            for name, s in zip(node.inputs, ins):
+                if s is None or not ctx.is_signal(name) or (reach is not None and name not in reach):
+                    continue
+                signals[name] = signals[name] + s if name in signals else s
+        for name in last.get(node.name, ()):
+            if name not in keep:
+                ctx.release(name)
     return {k: v for k, v in signals.items() if k in keep}
+
+
+def _last_readers(nodes: list[Node]) -> dict[str, list[str]]:
+    """Node name → the tensors (inputs and outputs) that no node after it in the backward order touches."""
+    last: dict[str, str] = {}
+    for node in reversed(nodes):
+        for name in (*node.inputs, *node.outputs):
+            if name:
+                last[name] = node.name
+    by_node: dict[str, list[str]] = {}
+    for name, node_name in last.items():
+        by_node.setdefault(node_name, []).append(name)
+    return by_node

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
 from ..graph import Node
 from .registry import needs_inputs, rule
 from .stabilize import safe_divide
@@ -85,8 +87,16 @@ def excite(ctx, node: Node, x: Any, p: Any, op) -> Any:
         return x_pos * pos + x_neg * neg
     total = None
     for block, p_b in op.blocks(p):
-        total = _accumulate(total, block.transpose(safe_divide(xp, p_b, block.forward(x, "pos")), "pos"))
+        total = _accumulate(total, block.transpose(_quotient(xp, p_b, block.forward(x, "pos")), "pos"))
     return _scaled(xp, total, x)
+
+
+def _quotient(xp, p: Any, z: Any) -> Any:
+    """``p ⊘₀ z`` (:func:`~ebr_onnx.rules.stabilize.safe_divide`), written into ``z`` — the rule's own temporary —
+    on NumPy: one pass and no new array instead of four."""
+    if xp is not np or p.shape != z.shape or p.dtype != z.dtype or not z.flags.writeable:
+        return safe_divide(xp, p, z)
+    return np.divide(p, z, out=z, where=z != 0)
 
 
 def _accumulate(total: Any, term: Any) -> Any:
@@ -101,7 +111,7 @@ def _accumulate(total: Any, term: Any) -> Any:
 
 def _scaled(xp, t: Any, x: Any) -> Any:
     """``x ⊙ t``, in place in ``t`` (a temporary of the rule) where the shapes allow."""
-    if t.shape == x.shape and t.dtype == x.dtype and getattr(t, "flags", None) is not None and t.flags.writeable:
+    if t.shape == x.shape and t.dtype == x.dtype and getattr(t.flags, "writeable", True):
         return xp.multiply(t, x, out=t)
     return x * t
 

@@ -81,24 +81,40 @@ def _spread(xp, geo: ConvGeometry, q: Any, frame: tuple[int, ...]) -> Any:
 
 @rule("MaxPool", needs=needs_input)
 def max_pool(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
-    """``p'_i = Σ_w p_w [i = first argmax of w]`` (identical in EB and grad; the Indices output takes no signal)."""
+    """``p'_i = Σ_w p_w [i = first argmax of w]`` (identical in EB and grad; the Indices output takes no signal).
+
+    The window maximum is formed first; then each offset, in row-major window order, takes the windows where it
+    equals the maximum and no earlier offset did.
+    """
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
     geo = _geometry(node, ctx, signals[0])
     p = _four_d(signals[0])
-    x_pad = _padded(xp, geo, _four_d(x), -xp.inf)
-    best, arg = None, None
-    for k, (rows, cols) in enumerate(_offsets(geo)):
-        v = x_pad[:, :, rows, cols]
-        if best is None:
-            best, arg = v, xp.zeros(v.shape, dtype=xp.int32)
-            continue
-        better = v > best
-        best, arg = xp.where(better, v, best), xp.where(better, k, arg)
+    x_pad = _padded(xp, geo, _four_d(x), -xp.inf) if _needs_frame(geo) else _four_d(x)
+    views = [x_pad[:, :, rows, cols] for rows, cols in _offsets(geo)]
+    top = views[0].copy()
+    for v in views[1:]:
+        xp.maximum(top, v, out=top)
+    disjoint = all(s >= (k - 1) * d + 1 for s, k, d in zip(geo.strides, geo.kernel, geo.dilations))
     out = xp.zeros(x_pad.shape, dtype=p.dtype)
+    taken = None
     for k, (rows, cols) in enumerate(_offsets(geo)):
-        out[:, :, rows, cols] += xp.where(arg == k, p, 0)
+        hit = views[k] == top
+        if taken is not None:
+            hit &= ~taken
+        if k < len(views) - 1:
+            taken = hit.copy() if taken is None else taken | hit
+        if disjoint:  # every position is in one window at most: write, no accumulation
+            xp.multiply(p, hit, out=out[:, :, rows, cols])
+        else:
+            out[:, :, rows, cols] += xp.where(hit, p, 0)
     return [_crop(geo, out, x.ndim == 3)]
+
+
+def _needs_frame(geo: ConvGeometry) -> bool:
+    """Whether the windows read beyond the input (pads or a ``ceil_mode`` overhang)."""
+    reach = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(geo.out, geo.strides, geo.kernel, geo.dilations)]
+    return any(geo.pads) or any(r > n for r, n in zip(reach, geo.size))
 
 
 @rule("GlobalMaxPool", needs=needs_input)
