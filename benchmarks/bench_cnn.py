@@ -5,18 +5,20 @@ against onnxruntime's plain forward measured in the same run (these machines are
 
     python benchmarks/bench_cnn.py [--images 8] [--repeats 2] [--threads 2]
 
-Needs the ``dev`` extra (torch==2.13.0, onnxscript). torchray rows appear only if torchray imports.
+Needs the ``dev`` extra (torch==2.13.0, onnxscript). The torchray row needs ``pip install --no-deps torchray``
+(torchray is CC BY-NC: a benchmark oracle only, never a dependency).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import build_in_child, measure, ort_forward, run_child  # noqa: E402
 
 CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 CONV5_1 = "conv5_1"
@@ -68,22 +70,13 @@ def _rename_conv5_1(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> dict:
     """One measurement (in this process): best-of-``repeats`` wall time and peak RSS."""
     import numpy as np
 
     x = np.random.default_rng(1).random((images, 3, 224, 224), dtype=np.float32)
     if case == "ort":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        fn = lambda: sess.run(None, {"data": x})  # noqa: E731
+        fn = ort_forward(model, {"data": x}, threads)
     elif case.startswith(("eb", "ceb")):
         from ebr_onnx import Explainer
 
@@ -94,26 +87,21 @@ def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> 
         import torch
 
         torch.set_num_threads(threads)
-        sys.path.insert(0, str(Path(__file__).parent))
         net = _torch_model(model)
         if case == "torch":
             def fn():
                 xt = torch.from_numpy(x).requires_grad_(True)
                 net(xt)[:, 7].sum().backward()
         else:
+            # torchray imports torchvision.models.resnet at import time: the tests' stub stands in for torchvision
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "stubs"))
             from torchray.attribution.excitation_backprop import excitation_backprop
 
             def fn():
                 excitation_backprop(net, torch.from_numpy(x), 7, saliency_layer="features.0")
     else:
         raise SystemExit(f"unknown case {case}")
-    fn()  # warm-up: session creation, caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"case": case, "seconds": min(times), "peak_mb": _peak_mb()}
+    return measure(case, fn, repeats)
 
 
 def _torch_model(model: str):
@@ -162,22 +150,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "vgg16.onnx"
-        # Built in a child process too: Linux keeps a process's peak RSS across exec, so the parent must stay small.
-        subprocess.run([sys.executable, __file__, "--case", "build", "--model", str(model)], check=True,
-                       capture_output=True)
+        build_in_child(__file__, str(model))
         rows = []
         for case, label in CASES:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--case", case, "--model", str(model), "--images", str(args.images),
-                 "--repeats", str(args.repeats), "--threads", str(args.threads)],
-                capture_output=True, text=True,
-            )
-            if proc.returncode != 0:
-                reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                rows.append((label, None, None, reason[:60]))
-                continue
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append((label, result["seconds"], result["peak_mb"], ""))
+            t, m, note = run_child(__file__, ["--case", case, "--model", str(model), "--images", str(args.images),
+                                              "--repeats", str(args.repeats), "--threads", str(args.threads)])
+            rows.append((label, t, m, note))
     base_t, base_m = rows[0][1], rows[0][2]
     print(f"VGG-16, {args.images} images 224x224, {args.threads} threads, best of {args.repeats}")
     print(f"{'what':45s} {'s':>8s} {'s/frame':>8s} {'x ort':>6s} {'peak MB':>8s} {'x ort':>6s}")

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_cnn import CONV5_1, _peak_mb, build_vgg16
+from bench_cnn import CONV5_1, build_vgg16  # noqa: E402
+from common import build_in_child, measure, ort_forward, run_child  # noqa: E402
 
 HIDDEN, CLASSES = 256, 101
 
@@ -76,37 +75,19 @@ def run_case(case: str, model: str, frames: int, repeats: int, threads: int) -> 
 
     x = np.random.default_rng(1).random((frames, 3, 224, 224), dtype=np.float32)
     if case == "ort":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        fn = lambda: sess.run(None, {"data": x})
+        fn = ort_forward(model, {"data": x}, threads)
     else:
         from ebr_onnx import Explainer
 
         method, layer = case.split(":")
         ex = Explainer(model, threads=threads)
-        fn = lambda: ex.explain(x, target=7, method=method, layer=None if layer == "input" else layer)
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"case": case, "seconds": min(times), "peak_mb": _peak_mb()}
+        fn = lambda: ex.explain(x, target=7, method=method, layer=None if layer == "input" else layer)  # noqa: E731
+    return measure(case, fn, repeats)
 
 
 def _row(case: str, model: Path, frames: int, repeats: int, threads: int) -> tuple[float | None, float | None, str]:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--case", case, "--model", str(model), "--frames", str(frames),
-         "--repeats", str(repeats), "--threads", str(threads)],
-        capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        return None, None, (proc.stderr.strip().splitlines() or ["failed"])[-1][:60]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result["seconds"], result["peak_mb"], ""
+    return run_child(__file__, ["--case", case, "--model", str(model), "--frames", str(frames),
+                                "--repeats", str(repeats), "--threads", str(threads)])
 
 
 def main() -> None:
@@ -132,9 +113,7 @@ def main() -> None:
                   (args.long, f"cebr:{CONV5_1}", "cebr to conv5_1 (forward incl.)", None)]
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "vgg16_lstm.onnx"
-        # Built in a child process: Linux keeps a process's peak RSS across exec, so the parent must stay small.
-        subprocess.run([sys.executable, __file__, "--case", "build", "--model", str(model)], check=True,
-                       capture_output=True)
+        build_in_child(__file__, str(model))
         rows = [(frames, label, target, *_row(case, model, frames, 1 if frames > 32 else args.repeats,
                                                args.threads))
                 for frames, case, label, target in cases]
