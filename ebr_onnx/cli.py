@@ -29,6 +29,13 @@ def _ground_parser(sub) -> None:
     p.add_argument("--every", type=int, default=1, help="keep every k-th frame")
     p.add_argument("--fps", type=float, help="resample the video to this frame rate")
     p.add_argument("--preset", help="preprocessing preset: caffe-ucf101, imagenet (default: the model's)")
+    custom = p.add_argument_group("custom preprocessing (overrides the preset's fields)")
+    custom.add_argument("--size", type=int, nargs="+", metavar="N", help="resize: H W, or the shorter side")
+    custom.add_argument("--crop", type=int, nargs="+", metavar="N", help="centre crop: side, or H W")
+    custom.add_argument("--mean", type=float, nargs=3, help="per-channel mean, in --channel-order and scaled range")
+    custom.add_argument("--std", type=float, nargs=3, help="per-channel std")
+    custom.add_argument("--channel-order", choices=("RGB", "BGR"))
+    custom.add_argument("--scale", type=float, help="pixel range: value = pixel / 255 * scale (255 for 0–255)")
     p.add_argument("--labels", help="class names, one per line (default: the labels in the model's metadata)")
     p.add_argument("--recurrent-rules", default="caffe", choices=("caffe", "excitation"))
     p.add_argument("--time-step", type=int, default=-1, help="time step of the prior (default: the last)")
@@ -78,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         target=target, method=args.method, layer=args.layer, frames=args.frames, stride=args.stride,
         every=args.every, fps=args.fps, preset=args.preset, recurrent_rules=args.recurrent_rules,
         time_step=args.time_step, quiet=args.quiet, labels=args.labels,
-        animations=("gif", "mp4") if args.mp4 else ("gif",),
+        animations=("gif", "mp4") if args.mp4 else ("gif",), preprocess_overrides=_preprocess_overrides(args),
     )
     video = args.video
     if video.endswith(".npy"):
@@ -93,6 +100,25 @@ def _run(args: argparse.Namespace) -> int:
               f"{s}–{e}")
     print(f"results in {args.out}/")
     return 0
+
+
+def _preprocess_overrides(args: argparse.Namespace) -> dict:
+    """The custom preprocessing flags that were given, as :class:`ebr_onnx.preprocess.Preprocess` fields."""
+    out: dict = {}
+    for key in ("size", "crop"):
+        value = getattr(args, key)
+        if value is not None:
+            if len(value) > 2:
+                raise EbrError(f"--{key} takes one or two numbers, got {len(value)}")
+            out[key] = value[0] if len(value) == 1 else tuple(value)
+    for key in ("mean", "std"):
+        if getattr(args, key) is not None:
+            out[key] = tuple(getattr(args, key))
+    if args.channel_order is not None:
+        out["channel_order"] = args.channel_order
+    if args.scale is not None:
+        out["scale"] = args.scale
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ are computed (:func:`ebr_onnx.outputs.write_results`), so a failure in a later c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +32,7 @@ class GroundOptions:
     every: int = 1
     fps: float | None = None
     preset: str | None = None
+    preprocess_overrides: dict[str, Any] = field(default_factory=dict)
     recurrent_rules: str = "caffe"
     time_step: int = -1
     quiet: bool = False
@@ -39,8 +40,15 @@ class GroundOptions:
     labels: str | None = None
 
 
-def model_preprocess(ex: Explainer, preset: str | None) -> Preprocess:
-    """The preprocessing: a named preset, else the one recorded in the model's metadata, else an error."""
+def model_preprocess(ex: Explainer, preset: str | None, overrides: dict[str, Any] | None = None) -> Preprocess:
+    """The preprocessing: a named preset, else the one recorded in the model's metadata (else, with custom
+    ``overrides``, the identity transform), with ``overrides`` (size, crop, mean, std, channel_order, scale) applied."""
+    if overrides:
+        try:
+            base = model_preprocess(ex, preset)
+        except EbrError:
+            base = Preprocess(size=None, crop=None)
+        return replace(base, **overrides)
     if preset is not None:
         return get_preset(preset)
     meta = ex.graph.metadata_json("ebr_onnx.preprocess")
@@ -81,7 +89,7 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
     """Ground ``options.target`` in every clip of ``video`` and write the results under ``out``; returns the summary."""
     started = time.perf_counter()
     ex = Explainer(model, labels=options.labels)
-    spec = model_preprocess(ex, options.preset)
+    spec = model_preprocess(ex, options.preset, options.preprocess_overrides)
     T = clip_length(ex, options.frames)
     layer = options.layer or ex.graph.metadata_json("ebr_onnx.map_layer")
     source = VideoSource(video, every=options.every, target_fps=options.fps)

@@ -140,3 +140,22 @@ def test_demo(tmp_path):
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert 0.0 <= report["truth"]["iou"] <= 1.0
     _check_outputs(tmp_path / "demo", 16)
+
+
+def test_custom_preprocessing_flags(tmp_path, video, clip):
+    """Flags equal to the model's recorded preprocessing give its maps; another mean gives other maps."""
+    label = CLASS_NAMES[clip.gt_class]
+    base = ["ground", str(BUNDLED_MODEL), str(video), "--target", label, "--frames", "16", "--quiet"]
+    same = ["--size", "64", "64", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--scale", "1",
+            "--channel-order", "RGB"]
+    other = ["--mean", "0.2", "0.2", "0.2"]
+    maps = {}
+    for name, extra in (("default", []), ("same", same), ("other", other)):
+        proc = run(*base, "--out", str(tmp_path / name), *extra, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        with np.load(tmp_path / name / "maps.npz", allow_pickle=False) as data:
+            maps[name] = data["maps"]
+    np.testing.assert_array_equal(maps["same"], maps["default"])
+    assert not np.allclose(maps["other"], maps["default"])
+    bad = run(*base, "--out", str(tmp_path / "bad"), "--size", "1", "2", "3", cwd=tmp_path)
+    assert bad.returncode != 0 and "--size takes one or two numbers" in bad.stderr
