@@ -53,7 +53,7 @@ def test_reduce_grad_matches_autograd(op):
     x = np.random.default_rng(2).standard_normal((2, 4, 3, 5)).astype(np.float32)
     model = _model(op, 0, 18)
     res = Explainer(model).explain(x, target=2, method="grad")
-    w = torch.from_numpy(onnx.numpy_helper.to_array(model.graph.initializer[0]))
+    w = torch.from_numpy(onnx.numpy_helper.to_array(model.graph.initializer[0]).copy())
     xt = torch.from_numpy(x).requires_grad_(True)
     pooled = torch.relu(xt).mean((2, 3)) if op == "ReduceMean" else torch.relu(xt).sum((2, 3))
     (pooled @ w)[:, 2].sum().backward()
