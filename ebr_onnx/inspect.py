@@ -33,7 +33,7 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
     unsupported = [{"node": n.name, "op_type": n.op_type} for n in path
                    if registry.find_rule(n.op_type, "eb") is None or registry.find_rule(n.op_type, "grad") is None]
     report: dict[str, Any] = {
-        "model": str(model) if isinstance(model, (str, Path)) else graph.model.graph.name,
+        "model": str(model) if isinstance(model, (str, Path)) else graph.light.graph.name,
         "opset": graph.opset,
         "inputs": {name: _shape(ex, name) for name in graph.inputs},
         "explained_input": ex.input_name,
