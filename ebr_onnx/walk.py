@@ -36,6 +36,10 @@ class RuleContext:
     overrides: Mapping[str, registry.RuleFn] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: The topological index of the node whose rule runs now (set by :func:`walk`), and per warning kind the index
+    #: of the node it names, so that each kind names the first offending node in forward order.
+    node_index: int | None = None
+    _warned_at: dict[str, int] = field(default_factory=dict)
     kernels: Any = None
     derived: Mapping[str, str] = field(default_factory=dict)
     owns_values: bool = False
@@ -86,9 +90,19 @@ class RuleContext:
         return self.shapes[name]
 
     def warn_once(self, key: str, message: str) -> None:
-        """Record a warning about the model (the first offending node of each kind is named)."""
-        if not any(w.startswith(f"[{key}]") for w in self.warnings):
-            self.warnings.append(f"[{key}] {message}")
+        """Record a warning about the model, one per kind: the backward walk meets offending nodes from the output
+        down, so a later call from a node earlier in forward order replaces the kind's message (the warning names the
+        first offending node)."""
+        text = f"[{key}] {message}"
+        position = next((i for i, w in enumerate(self.warnings) if w.startswith(f"[{key}]")), None)
+        if position is None:
+            self.warnings.append(text)
+        elif self.node_index is not None and self.node_index < self._warned_at.get(key, self.node_index):
+            self.warnings[position] = text
+        else:
+            return
+        if self.node_index is not None:
+            self._warned_at[key] = self.node_index
 
 
 def choose_rule(node: Node, ctx: RuleContext) -> registry.RuleFn:
@@ -133,6 +147,7 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
     for node in reversed(nodes):
         outs = [signals.get(o) for o in node.outputs]
         if any(s is not None for s in outs):
+            ctx.node_index = node.index
             ins = choose_rule(node, ctx)(node, ctx, outs)
             del outs
             for o in node.outputs:

@@ -118,7 +118,7 @@ def test_smooth_activations_give_finite_maps_and_name_the_node(smooth_net, metho
     r = Explainer(smooth_net).explain(x, target=0, method=method)
     assert np.isfinite(r.signal).all() and np.abs(r.signal).sum() > 0
     text = "\n".join(r.warnings)
-    # The backward walk meets Gelu first: the warning names it (one warning per kind).
-    assert "'gelu3' (Gelu)" in text and "A1" in text
+    # One warning per kind, naming the first offending node in forward order (the walk meets Gelu first).
+    assert "'tanh1' (Tanh)" in text and "'gelu3'" not in text and "A1" in text
     assert "'silu_gate' (Mul)" in text
-    assert "negative activations" in text
+    assert "'conv1' (Conv) receives negative activations" in text
