@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .rules.linear import ConvGeometry
+from .rules.linear import ConvGeometry, weight_part
 
 
 class KernelCache:
@@ -44,10 +44,6 @@ class KernelCache:
         options.enable_cpu_mem_arena = False
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _part(w: np.ndarray, which: str) -> np.ndarray:
-    return w if which == "all" else np.maximum(w, 0) if which == "pos" else np.minimum(w, 0)
 
 
 def _one_node(op_type: str, w: np.ndarray, **attrs: Any) -> onnx.ModelProto:
@@ -87,11 +83,11 @@ class OrtConv:
 
     def _forward_model(self, which: str) -> onnx.ModelProto:
         geo = self.geo
-        return _one_node("Conv", _part(self._weight(), which), strides=geo.strides, pads=geo.pads,
+        return _one_node("Conv", weight_part(np, self._weight(), which), strides=geo.strides, pads=geo.pads,
                          dilations=geo.dilations, group=geo.group)
 
     def _transpose_model(self, which: str) -> onnx.ModelProto:
-        geo, w = self.geo, _part(self._weight(), which)
+        geo, w = self.geo, weight_part(np, self._weight(), which)
         reach = [(k - 1) * d for k, d in zip(geo.kernel, geo.dilations)]
         pads = [reach[0] - geo.pads[0], reach[1] - geo.pads[1], reach[0] - geo.pads[2], reach[1] - geo.pads[3]]
         if geo.strides == [1, 1] and min(pads) >= 0:

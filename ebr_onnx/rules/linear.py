@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
-
 from ..graph import Node
 from .registry import needs_inputs, rule
 from .stabilize import safe_divide
@@ -27,6 +25,11 @@ Linear = Callable[[Any, Any], Any]
 #: Block size of the output axis (in weight elements) over which a matrix weight's parts are formed: W⁺ of a large
 #: classifier (VGG-16's fc6: 411 MB) is never built whole.
 BLOCK_ELEMENTS = 1 << 22
+
+
+def weight_part(xp, w: Any, which: str) -> Any:
+    """``"all"``: W; ``"pos"``: W⁺ = max(W, 0); ``"neg"``: W⁻ = min(W, 0)."""
+    return w if which == "all" else xp.maximum(w, 0) if which == "pos" else xp.minimum(w, 0)
 
 
 class ArrayLinear:
@@ -42,8 +45,7 @@ class ArrayLinear:
 
     def part(self, which: str) -> Any:
         if which not in self._parts:
-            xp, w = self.xp, self.w
-            self._parts[which] = w if which == "all" else xp.maximum(w, 0) if which == "pos" else xp.minimum(w, 0)
+            self._parts[which] = weight_part(self.xp, self.w, which)
         return self._parts[which]
 
     def forward(self, x: Any, which: str) -> Any:
@@ -87,16 +89,8 @@ def excite(ctx, node: Node, x: Any, p: Any, op) -> Any:
         return x_pos * pos + x_neg * neg
     total = None
     for block, p_b in op.blocks(p):
-        total = _accumulate(total, block.transpose(_quotient(xp, p_b, block.forward(x, "pos")), "pos"))
+        total = _accumulate(total, block.transpose(safe_divide(xp, p_b, block.forward(x, "pos"), overwrite=True), "pos"))
     return _scaled(xp, total, x)
-
-
-def _quotient(xp, p: Any, z: Any) -> Any:
-    """``p ⊘₀ z`` (:func:`~ebr_onnx.rules.stabilize.safe_divide`), written into ``z`` — the rule's own temporary —
-    on NumPy: one pass and no new array instead of four."""
-    if xp is not np or p.shape != z.shape or p.dtype != z.dtype or not z.flags.writeable:
-        return safe_divide(xp, p, z)
-    return np.divide(p, z, out=z, where=z != 0)
 
 
 def _accumulate(total: Any, term: Any) -> Any:

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 
-def safe_divide(xp: Any, numerator: Any, denominator: Any) -> Any:
+
+def safe_divide(xp: Any, numerator: Any, denominator: Any, *, overwrite: bool = False) -> Any:
     """``numerator ⊘₀ denominator``: elementwise division that gives 0 wherever the denominator is exactly 0.
 
-    This is the release's guard (``shared/spec/caffe-reference.md`` §2.1 (b)): no epsilon, no NaN ever.
+    This is the release's guard (``shared/spec/caffe-reference.md`` §2.1 (b)): no epsilon, no NaN ever. With
+    ``overwrite`` the caller gives up ``denominator`` (a temporary of its own): on NumPy the quotient is written into
+    it in one pass, where the shapes and dtypes allow.
     """
+    if (overwrite and xp is np and numerator.shape == denominator.shape and numerator.dtype == denominator.dtype
+            and denominator.flags.writeable):
+        return np.divide(numerator, denominator, out=denominator, where=denominator != 0)
     zero = denominator == 0
     return xp.where(zero, 0, numerator / xp.where(zero, 1, denominator)).astype(numerator.dtype, copy=False)
 
