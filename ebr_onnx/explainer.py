@@ -192,16 +192,18 @@ class Explainer:
             feeds[name] = array
         return feeds
 
-    def _batches(self, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Split the explained input along axis 0 into ``batch_size`` chunks where the model's batch axis is free."""
+    def _batches(self, feeds: dict[str, np.ndarray]) -> list[tuple[slice, dict[str, np.ndarray]]]:
+        """The examples of each chunk and its feeds: the explained input split along axis 0 into ``batch_size``
+        chunks where the model's batch axis is free (one chunk otherwise)."""
         shape = self.graph.shapes.get(self.input_name) or ()
         x = feeds[self.input_name]
         free = bool(shape) and not isinstance(shape[0], int)
         if not free or x.shape[0] <= self.batch_size or any(
             k != self.input_name and np.ndim(v) and np.shape(v)[0] == x.shape[0] for k, v in feeds.items()
         ):
-            return [feeds]
-        return [{**feeds, self.input_name: x[i:i + self.batch_size]} for i in range(0, x.shape[0], self.batch_size)]
+            return [(slice(0, x.shape[0]), feeds)]
+        return [(slice(i, i + self.batch_size), {**feeds, self.input_name: x[i:i + self.batch_size]})
+                for i in range(0, x.shape[0], self.batch_size)]
 
     # -- walk plumbing --------------------------------------------------------------------------------------------
     def shapes_for(self, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -307,9 +309,19 @@ class Explainer:
             top = self.graph.nodes_between([cls_input], [logits])
             split = (cls, cls_input, top, [n for n in nodes if n not in top])
         feeds = self.feeds(inputs, extra_inputs)
+        examples = len(feeds[self.input_name])
+        per_example = target is not None and not isinstance(target, (str, int, np.integer))
+        if per_example and len(list(target)) != examples:
+            raise EbrError(f"{len(list(target))} targets given for {examples} examples")
+        priors = np.asarray(prior) if prior is not None else None
+        reach = self.graph.signal_tensors([layer_t])
         with self._blas():
-            results = [self._explain_batch(batch, target, method, mode, layer_t, logits, nodes, split, prior)
-                       for batch in self._batches(feeds)]
+            results = [
+                self._explain_batch(batch, list(target)[rows] if per_example else target, method, mode, layer_t,
+                                    logits, nodes, split,
+                                    priors[rows] if priors is not None and priors.ndim == 2 else priors, reach)
+                for rows, batch in self._batches(feeds)
+            ]
         first = results[0]
         return ExplainResult(
             maps=np.concatenate([r.maps for r in results]),
@@ -327,7 +339,8 @@ class Explainer:
         onnxruntime's threads for the cores (see :func:`ebr_onnx.kernels.blas_threads`)."""
         return blas_threads(1) if self.kernels is not None else nullcontext()
 
-    def _explain_batch(self, feeds, target, method, mode, layer_t, logits, nodes, split, prior) -> ExplainResult:
+    def _explain_batch(self, feeds, target, method, mode, layer_t, logits, nodes, split, prior, reach
+                       ) -> ExplainResult:
         shapes = self.shapes_for(feeds)
         extra = [logits] + ([layer_t] if method == "grad_x_input" else [])
         captures, derived = self.derivable(self.capture_plan(nodes, mode, shapes, extra), extra)
@@ -340,7 +353,7 @@ class Explainer:
         xp = self.xp
         seeds = {logits: xp.asarray(top)}
         if split is None:
-            signal = walk(ctx, nodes, seeds, keep={layer_t}, reach=self._reach(layer_t), release=True).get(layer_t)
+            signal = walk(ctx, nodes, seeds, keep={layer_t}, reach=reach, release=True).get(layer_t)
         else:
             cls, cls_input, top_nodes, rest = split
             pos = walk(ctx, top_nodes, seeds, keep={cls_input}).get(cls_input)
@@ -349,7 +362,7 @@ class Explainer:
             ctx.warnings.extend(w for w in dual_ctx.warnings if w not in ctx.warnings)
             start = _difference(xp, pos, neg, ctx.shape(cls_input), self.dtype)
             signal = start if cls_input == layer_t else walk(
-                ctx, rest, {cls_input: start}, keep={layer_t}, reach=self._reach(layer_t), release=True).get(layer_t)
+                ctx, rest, {cls_input: start}, keep={layer_t}, reach=reach, release=True).get(layer_t)
         signal = to_numpy(signal) if signal is not None else np.zeros(ctx.shape(layer_t), self.dtype)
         if method == "grad_x_input":
             signal = signal * np.asarray(values[layer_t] if layer_t in values else feeds[layer_t], self.dtype)
@@ -360,9 +373,6 @@ class Explainer:
             mass={"top": top.reshape(n, -1).sum(axis=1), "layer": signal.reshape(n, -1).sum(axis=1)},
             warnings=ctx.warnings,
         )
-
-    def _reach(self, layer_t: str) -> set[str]:
-        return self.graph.signal_tensors([layer_t])
 
     def _targets(self, target: Target, out: np.ndarray, n: int) -> list[int]:
         class_axis = 1 if out.ndim == 4 else out.ndim - 1
