@@ -366,8 +366,7 @@ class Explainer:
         signal = to_numpy(signal) if signal is not None else np.zeros(ctx.shape(layer_t), self.dtype)
         if method == "grad_x_input":
             signal = signal * np.asarray(values[layer_t] if layer_t in values else feeds[layer_t], self.dtype)
-        if not np.isfinite(signal).all():
-            raise EbrError(f"the {method} signal at {layer_t!r} is not finite; please report this model")
+        check_finite(signal, method, layer_t)
         return ExplainResult(
             maps=channel_sum(signal), signal=signal, method=method, layer=layer_t, target=targets, output=out,
             mass={"top": top.reshape(n, -1).sum(axis=1), "layer": signal.reshape(n, -1).sum(axis=1)},
@@ -386,6 +385,12 @@ class Explainer:
         if len(targets) != n:
             raise EbrError(f"{len(targets)} targets given for {n} examples")
         return [self.class_index(t, classes) for t in targets]
+
+
+def check_finite(signal: np.ndarray, method: str, layer: str) -> None:
+    """Never hand out a map with NaN or inf: raise instead (the rules guard every division; this would be a bug)."""
+    if not np.isfinite(signal).all():
+        raise EbrError(f"the {method} signal at {layer!r} is not finite; please report this model")
 
 
 def _difference(xp, pos: Any, neg: Any, shape: tuple[int, ...], dtype: Any) -> Any:

@@ -241,7 +241,7 @@ def explain_recurrent(
     them. Returns maps ``(T, h, w)`` (the layer's channel axis, the one fed to Conv, summed; channels-last too) and
     ``temporal`` ``(T,)``.
     """
-    from .explainer import ExplainResult
+    from .explainer import ExplainResult, check_finite
 
     if recurrent_rules not in RULE_SETS:
         raise EbrError(f"recurrent_rules {recurrent_rules!r} is not one of: {', '.join(RULE_SETS)}")
@@ -275,11 +275,11 @@ def explain_recurrent(
     # 2. the RNN backward, the dual pass and the time normalisation
     warns: list[str] = []
     options = {"recurrent_rules": recurrent_rules}
+    reach = graph.signal_tensors([p.boundary])
 
     def rnn_pass(negated: frozenset[str]) -> np.ndarray:
         ctx = explainer.context(mode, values, shapes, negated=negated, overrides=overrides, options=options)
-        got = walk(ctx, p.rnn_nodes, {logits: xp.asarray(top)}, keep={p.boundary},
-                   reach=graph.signal_tensors([p.boundary])).get(p.boundary)
+        got = walk(ctx, p.rnn_nodes, {logits: xp.asarray(top)}, keep={p.boundary}, reach=reach).get(p.boundary)
         warns.extend(ctx.warnings)
         return np.zeros(ctx.shape(p.boundary), explainer.dtype) if got is None else to_numpy(got)
 
@@ -298,8 +298,7 @@ def explain_recurrent(
 
     # 3. the CNN backward, chunk by chunk
     signal = cnn.backward(start, warns)
-    if not np.isfinite(signal).all():
-        raise EbrError(f"the {method} signal at {layer_t!r} is not finite; please report this model")
+    check_finite(signal, method, layer_t)
     maps = layout.maps(signal)
     temporal = maps.reshape(n_frames, -1).sum(axis=1)
     return ExplainResult(

@@ -74,9 +74,6 @@ class RuleContext:
         if self.owns_values:
             self.values.pop(name, None)  # type: ignore[attr-defined]
 
-    def has_value(self, name: str) -> bool:
-        return name in self.values or name in self.derived or self.graph.is_constant(name)
-
     def is_signal(self, name: str) -> bool:
         return bool(name) and name in self.signal
 
