@@ -10,15 +10,13 @@ Needs the ``dev`` extra (torch==2.13.0, onnxscript). The torchray row needs ``pi
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import build_in_child, measure, ort_forward, run_child  # noqa: E402
+from common import build_in_child, child, measure, ort_forward, parser, run_child  # noqa: E402
 
 CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 CONV5_1 = "conv5_1"
@@ -135,18 +133,11 @@ CASES = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case == "build":
-        build_vgg16(Path(args.model))
-        return
-    if args.case:
-        print(json.dumps(run_case(args.case, args.model, args.images, args.repeats, args.threads)))
+    options = parser(__doc__)
+    options.add_argument("--images", type=int, default=8)
+    args = options.parse_args()
+    if child(args, lambda path: build_vgg16(Path(path)),
+             lambda: run_case(args.case, args.model, args.images, args.repeats, args.threads)):
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "vgg16.onnx"

@@ -11,8 +11,6 @@ measured in the same run.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_cnn import CONV5_1, build_vgg16  # noqa: E402
-from common import build_in_child, measure, ort_forward, run_child  # noqa: E402
+from common import build_in_child, child, measure, ort_forward, parser, run_child  # noqa: E402
 
 HIDDEN, CLASSES = 256, 101
 
@@ -91,19 +89,12 @@ def _row(case: str, model: Path, frames: int, repeats: int, threads: int) -> tup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=16, help="clip length of the speed rows")
-    parser.add_argument("--long", type=int, default=128, help="clip length of the memory row (0: skip)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case == "build":
-        build_cnn_lstm(Path(args.model))
-        return
-    if args.case:
-        print(json.dumps(run_case(args.case, args.model, args.frames, args.repeats, args.threads)))
+    options = parser(__doc__)
+    options.add_argument("--frames", type=int, default=16, help="clip length of the speed rows")
+    options.add_argument("--long", type=int, default=128, help="clip length of the memory row (0: skip)")
+    args = options.parse_args()
+    if child(args, lambda path: build_cnn_lstm(Path(path)),
+             lambda: run_case(args.case, args.model, args.frames, args.repeats, args.threads)):
         return
     cases = [(args.frames, "ort", "onnxruntime forward", None),
              (args.frames, f"cebr:{CONV5_1}", "cebr to conv5_1 (forward incl.)", 1.8),

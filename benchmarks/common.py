@@ -2,6 +2,7 @@
 peak memory — its max RSS — is its own; Linux keeps a process's peak RSS across exec, so parents stay small)."""
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -46,3 +47,23 @@ def run_child(script: str, args: list[str]) -> tuple[float | None, float | None,
 
 def build_in_child(script: str, model: str) -> None:
     subprocess.run([sys.executable, script, "--case", "build", "--model", model], check=True, capture_output=True)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes (``--repeats``, ``--threads``) and those of its child runs."""
+    out = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    out.add_argument("--repeats", type=int, default=2)
+    out.add_argument("--threads", type=int, default=2)
+    out.add_argument("--case", help=argparse.SUPPRESS)
+    out.add_argument("--model", help=argparse.SUPPRESS)
+    return out
+
+
+def child(args: argparse.Namespace, build: Callable[[str], None], run: Callable[[], dict]) -> bool:
+    """Serve a child run: ``--case build`` builds the model, any other case prints its measurement as JSON.
+    Returns whether this process is a child."""
+    if args.case == "build":
+        build(args.model)
+    elif args.case:
+        print(json.dumps(run()))
+    return bool(args.case)

@@ -86,10 +86,7 @@ def unrolled_lstm(p: Weights, steps: int, batch: int = 1, act: str = "Relu", sty
     nodes = []
     h, c, seq = "h_init", "c_init", []
     for t in range(steps):
-        n = lambda op, ins, out, **kw: nodes.append(  # noqa: E731
-            helper.make_node(op, ins, [f"{out}_{t}"], name=f"{out}_{t}", **kw)) or f"{out}_{t}"
-        inits.append(_init(f"t{t}", np.array(t, np.int64)))
-        x_t = n("Gather", ["x", f"t{t}"], "x", axis=0)
+        n, x_t = _step(nodes, inits, t)
         if style == "pytorch":
             a = n("Add", [n("Gemm", [h, "W_hh", "b_hh"], "hr", transB=1),
                           n("Gemm", [x_t, "W_ih", "b_ih"], "xw", transB=1)], "gates")
@@ -108,6 +105,17 @@ def unrolled_lstm(p: Weights, steps: int, batch: int = 1, act: str = "Relu", sty
     nodes.append(helper.make_node("Concat", seq, ["hs"], name="concat", axis=0))
     back, back_inits = _back(p, "hs")
     return _model(front + nodes + back, inits + back_inits, steps, batch, p.v.shape[0], p.w8.shape[0])
+
+
+def _step(nodes: list, inits: list, t: int):
+    """Step ``t`` of an unrolled cell: an adder ``n(op, inputs, out, **attrs)`` that appends a node named and
+    outputting ``f"{out}_{t}"`` (and returns that name), and the step's input ``x_t`` (a Gather of frame t)."""
+    def n(op: str, ins: list, out: str, **kw) -> str:
+        nodes.append(helper.make_node(op, ins, [f"{out}_{t}"], name=f"{out}_{t}", **kw))
+        return f"{out}_{t}"
+
+    inits.append(_init(f"t{t}", np.array(t, np.int64)))
+    return n, n("Gather", ["x", f"t{t}"], "x", axis=0)
 
 
 def fused_gru(p: Weights, steps: int, batch: int = 1, act: str = "Relu", linear_before_reset: int = 1
@@ -149,10 +157,7 @@ def unrolled_gru(p: Weights, steps: int, batch: int = 1, act: str = "Relu", styl
     nodes = []
     h, seq = "h_init", []
     for t in range(steps):
-        n = lambda op, ins, out, **kw: nodes.append(  # noqa: E731
-            helper.make_node(op, ins, [f"{out}_{t}"], name=f"{out}_{t}", **kw)) or f"{out}_{t}"
-        inits.append(_init(f"t{t}", np.array(t, np.int64)))
-        x_t = n("Gather", ["x", f"t{t}"], "x", axis=0)
+        n, x_t = _step(nodes, inits, t)
         if style == "pytorch":
             xw, hr = n("Gemm", [x_t, "W_ih", "b_ih"], "xw", transB=1), n("Gemm", [h, "W_hh", "b_hh"], "hr", transB=1)
             for src in (xw, hr):
