@@ -6,7 +6,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx.forward import ForwardRunner
 from ebr_onnx.graph import ModelGraph
@@ -56,3 +56,18 @@ def make_model() -> Callable[..., onnx.ModelProto]:
 def backprop() -> Callable[..., tuple[dict[str, np.ndarray], RuleContext]]:
     return run_backprop
 
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn() -> onnx.ModelProto:
+    """Conv(3→4, 3×3) → Relu ``r`` → Flatten → MatMul classifier ``fc`` (5 classes) on (N, 3, 4, 4), N free."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "fw")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fw"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -33,26 +33,8 @@ def test_loop_model_reports_unrolled_loop_and_cells():
     assert isinstance(report["classifier"], list) and len(report["classifier"]) == 6   # one Dense copy per step
 
 
-def test_cnn_without_recurrence(make_model_cnn):
-    report = describe(make_model_cnn)
+def test_cnn_without_recurrence(tiny_cnn):
+    report = describe(tiny_cnn)
     assert report["recurrences"] == [] and report["boundary"] is None
     assert "no recurrent part" in format_report(report)
     assert report["classifier"] == "fc"
-
-
-@pytest.fixture
-def make_model_cnn():
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
-    rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
-             onnx.numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "fw")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
-             helper.make_node("MatMul", ["f", "fw"], ["y"], name="fc")]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
