@@ -83,6 +83,7 @@ class Explainer:
         dtype: Any = np.float32,
         threads: int | None = None,
         add_rule: str = "proportional",
+        lowering: bool = True,
     ) -> None:
         proto = load_onnx(model)
         #: The Loop/Scan nodes of the model as given, unrolled into per-step ops on load.
@@ -106,6 +107,8 @@ class Explainer:
         if add_rule not in ("proportional", "caffe"):
             raise EbrError(f"add_rule {add_rule!r} is not one of: proportional, caffe")
         self.add_rule = add_rule
+        #: Whether the CPU walk runs its lowerable bottom part as one onnxruntime graph (:mod:`ebr_onnx.lowering`).
+        self.lowering = lowering
         self.signal = self.graph.signal_tensors([self.input_name])
 
     # -- names ----------------------------------------------------------------------------------------------------
@@ -217,20 +220,9 @@ class Explainer:
             names.update(t for t in node.inputs if t in self.signal and t not in shapes)
         return sorted(n for n in names if n and not self.graph.is_constant(n))
 
-    def derivable(self, names: Sequence[str], protect: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
-        """Split captures into those to capture and Relu outputs to compute from their captured input when read
-        (the rules of a CNN read both sides of each ReLU: this halves what the forward hands over)."""
-        wanted, protect = set(names), set(protect)
-        derived = {}
-        for name in names:
-            node = self.graph.producer.get(name)
-            if node is not None and node.op_type == "Relu" and node.inputs[0] in wanted and name not in protect:
-                derived[name] = node.inputs[0]
-        return [n for n in names if n not in derived], derived
-
     def context(self, mode: str, values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], **kw: Any
                 ) -> RuleContext:
-        options = {"add_rule": self.add_rule, **kw.pop("options", {})}
+        options = {"add_rule": self.add_rule, "lowering": self.lowering, **kw.pop("options", {})}
         return RuleContext(self.graph, self.xp, mode, values, shapes, self.signal, dtype=self.dtype,
                            options=options, kernels=self.kernels, **kw)
 
@@ -343,13 +335,13 @@ class Explainer:
                        ) -> ExplainResult:
         shapes = self.shapes_for(feeds)
         extra = [logits] + ([layer_t] if method == "grad_x_input" else [])
-        captures, derived = self.derivable(self.capture_plan(nodes, mode, shapes, extra), extra)
+        captures = self.capture_plan(nodes, mode, shapes, extra)
         values = self.runner.run(feeds, captures)
         out = values[logits]
         n = out.shape[0]
         targets = self._targets(target, out, n)
         top = self.prior(out, targets, prior)
-        ctx = self.context(mode, values, shapes, derived=derived, owns_values=True)
+        ctx = self.context(mode, values, shapes, owns_values=True)
         xp = self.xp
         seeds = {logits: xp.asarray(top)}
         if split is None:
@@ -357,7 +349,7 @@ class Explainer:
         else:
             cls, cls_input, top_nodes, rest = split
             pos = walk(ctx, top_nodes, seeds, keep={cls_input}).get(cls_input)
-            dual_ctx = self.context(mode, values, shapes, negated=frozenset({cls.name}), derived=derived)
+            dual_ctx = self.context(mode, values, shapes, negated=frozenset({cls.name}))
             neg = walk(dual_ctx, top_nodes, seeds, keep={cls_input}).get(cls_input)
             ctx.warnings.extend(w for w in dual_ctx.warnings if w not in ctx.warnings)
             start = _difference(xp, pos, neg, ctx.shape(cls_input), self.dtype)

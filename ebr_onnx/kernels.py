@@ -26,15 +26,22 @@ class KernelCache:
         self.threads = threads
         self._items: dict[tuple, Any] = {}
 
+    def holds(self, kind: str) -> bool:
+        """Whether an operator of this kind (the first element of its key) was built."""
+        return any(key[0] == kind for key in self._items)
+
     def get(self, key: tuple, build: Callable[[], Any]) -> Any:
         if key not in self._items:
             self._items[key] = build()
         return self._items[key]
 
-    def session(self, model: onnx.ModelProto):
-        """An onnxruntime CPU session for a small model (its own weights), not spinning between calls, without a
-        memory arena (an arena per session would keep each layer's largest buffers for good) and without the NCHWc
-        layout (its reordered copies of input and output raised the VGG-16 walk's peak by ~0.7 GB, for no speed)."""
+    def session(self, model: onnx.ModelProto, whole: bool = False):
+        """An onnxruntime CPU session for a model holding its own weights, not spinning between calls, without a
+        memory arena (an arena per session would keep each layer's largest buffers for good: +0.5 GB on VGG-16's
+        walk). A one-node kernel runs without the NCHWc layout (its reordered copies of input and output raised the
+        VGG-16 walk's peak by ~0.7 GB, for no speed); a ``whole`` lowered walk gets all optimizations, NCHWc
+        included, which keeps the layout between its convolutions.
+        """
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -42,7 +49,8 @@ class KernelCache:
             options.intra_op_num_threads = self.threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_cpu_mem_arena = False
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if whole
+                                            else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -87,15 +95,21 @@ class OrtConv:
                          dilations=geo.dilations, group=geo.group)
 
     def _transpose_model(self, which: str) -> onnx.ModelProto:
-        geo, w = self.geo, weight_part(np, self._weight(), which)
-        reach = [(k - 1) * d for k, d in zip(geo.kernel, geo.dilations)]
-        pads = [reach[0] - geo.pads[0], reach[1] - geo.pads[1], reach[0] - geo.pads[2], reach[1] - geo.pads[3]]
-        if geo.strides == [1, 1] and min(pads) >= 0:
-            return _one_node("Conv", _flipped(w, geo.group), pads=pads, dilations=geo.dilations, group=geo.group)
-        covered = [(o - 1) * s + r + 1 - geo.pads[a] - geo.pads[a + 2]
-                   for a, (o, s, r) in enumerate(zip(geo.out, geo.strides, reach))]
-        return _one_node("ConvTranspose", w, strides=geo.strides, pads=geo.pads, dilations=geo.dilations,
-                         group=geo.group, output_padding=[n - c for n, c in zip(geo.size, covered)])
+        op_type, w, attrs = transpose_as_node(self.geo, weight_part(np, self._weight(), which))
+        return _one_node(op_type, w, **attrs)
+
+
+def transpose_as_node(geo: ConvGeometry, w: np.ndarray) -> tuple[str, np.ndarray, dict[str, Any]]:
+    """``fᵀ(q, W)`` of a 2-D convolution as one ONNX node: (op type, its weight, its attributes) — a ``Conv`` by the
+    flipped, channel-swapped weight where the convolution has unit strides, a ``ConvTranspose`` otherwise."""
+    reach = [(k - 1) * d for k, d in zip(geo.kernel, geo.dilations)]
+    pads = [reach[0] - geo.pads[0], reach[1] - geo.pads[1], reach[0] - geo.pads[2], reach[1] - geo.pads[3]]
+    if geo.strides == [1, 1] and min(pads) >= 0:
+        return "Conv", _flipped(w, geo.group), {"pads": pads, "dilations": geo.dilations, "group": geo.group}
+    covered = [(o - 1) * s + r + 1 - geo.pads[a] - geo.pads[a + 2]
+               for a, (o, s, r) in enumerate(zip(geo.out, geo.strides, reach))]
+    return "ConvTranspose", w, {"strides": geo.strides, "pads": geo.pads, "dilations": geo.dilations,
+                                "group": geo.group, "output_padding": [n - c for n, c in zip(geo.size, covered)]}
 
 
 def conv_kernel(ctx, node, geo: ConvGeometry) -> OrtConv | None:

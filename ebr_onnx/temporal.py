@@ -439,9 +439,9 @@ class _CnnPass:
         part = self.p.cnn.graph
         return part.concrete_shapes({k: tuple(np.shape(feeds[k])) for k in self.p.cnn.inputs})
 
-    def _captures(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], dict[str, str]]:
-        """What the CNN rules read: the tensors to capture, and the Relu outputs computed from them when read."""
-        return self.explainer.derivable(self.explainer.capture_plan(self.nodes, self.mode, shapes), [self.p.boundary])
+    def _captures(self, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+        """What the CNN rules read."""
+        return self.explainer.capture_plan(self.nodes, self.mode, shapes)
 
     def boundary_values(self) -> np.ndarray:
         """The boundary for all frames, computed chunk by chunk (keeping the CNN rules' captures if small)."""
@@ -463,8 +463,9 @@ class _CnnPass:
         parts, kept, size = [], [], 0
         for chunk in self.chunks():
             feeds = self._chunk_feeds(chunk)
-            values = self.p.cnn.run(feeds, [self.p.boundary] + self._captures(self._shapes(feeds))[0])
-            parts.append(values.pop(self.p.boundary))
+            captures = self._captures(self._shapes(feeds))
+            values = self.p.cnn.run(feeds, [self.p.boundary] + captures)
+            parts.append(values[self.p.boundary] if self.p.boundary in captures else values.pop(self.p.boundary))
             size += sum(np.asarray(v).nbytes for v in values.values())
             if size <= KEEP_BYTES:
                 kept.append(values)
@@ -478,12 +479,12 @@ class _CnnPass:
         explainer = self.explainer
         feeds = self._chunk_feeds(chunk)
         shapes = self._shapes(feeds)
-        captures, derived = self._captures(shapes)
+        captures = self._captures(shapes)
         if self.kept is not None:
             values, self.kept[i] = self.kept[i], {}  # each chunk is walked once: its captures go as the walk goes
         else:
             values = self.p.cnn.run(feeds, [self.p.boundary] + captures)  # the first pass's session
-        ctx = explainer.context(self.mode, {**values, self.p.frames: feeds[self.p.frames]}, shapes, derived=derived,
+        ctx = explainer.context(self.mode, {**values, self.p.frames: feeds[self.p.frames]}, shapes,
                                 owns_values=True)
         del values
         got = walk(ctx, self.nodes, {self.p.boundary: explainer.xp.asarray(start[chunk])}, keep=set(self.targets),

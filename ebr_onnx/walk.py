@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import UnsupportedOpError
 from .graph import ModelGraph, Node
+from .lowering import run_lowered, split_lowered
 from .rules import registry
 
 
@@ -21,7 +22,6 @@ class RuleContext:
     through :meth:`weight`, so the model itself is never modified. ``overrides`` maps node names to rule functions
     chosen by a composite (the recurrent rule sets); ``options`` carries rule options such as ``add_rule``;
     ``kernels`` is the explainer's :class:`~ebr_onnx.kernels.KernelCache` (compiled operators of constant weights).
-    ``derived`` maps Relu outputs that were not captured to their captured inputs (computed when first read);
     ``owns_values``: the walk may drop entries of ``values`` once no remaining rule reads them.
     """
 
@@ -41,15 +41,12 @@ class RuleContext:
     node_index: int | None = None
     _warned_at: dict[str, int] = field(default_factory=dict)
     kernels: Any = None
-    derived: Mapping[str, str] = field(default_factory=dict)
     owns_values: bool = False
     _device_cache: dict[str, Any] = field(default_factory=dict)
 
     def _host(self, name: str) -> Any:
         if name in self.values:
             return self.values[name]
-        if name in self.derived:
-            return np.maximum(self._host(self.derived[name]), 0)
         return self.graph.constant(name)
 
     def value(self, name: str) -> Any:
@@ -78,8 +75,6 @@ class RuleContext:
         return bool(name) and name in self.signal
 
     def shape(self, name: str) -> tuple[int, ...]:
-        if name in self.derived and name not in self.values:
-            return self.shape(self.derived[name])
         if name in self.values:
             return tuple(np.shape(self.values[name]))
         if self.graph.is_constant(name):
@@ -139,8 +134,10 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
     override rules keep everything).
     """
     keep = set(keep)
+    below, nodes = split_lowered(ctx, nodes)
+    boundary = {o for n in below for o in n.outputs if o}
     signals: dict[str, Any] = dict(seeds)
-    last = _last_readers(nodes) if release and not ctx.overrides else {}
+    last = _last_readers(below + nodes) if release and not ctx.overrides else {}
     for node in reversed(nodes):
         outs = [signals.get(o) for o in node.outputs]
         if any(s is not None for s in outs):
@@ -157,7 +154,22 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
         for name in last.get(node.name, ()):
             if name not in keep:
                 ctx.release(name)
+    if below:
+        signals = _merge(signals, run_lowered(ctx, below, {k: v for k, v in signals.items() if k in boundary}, keep,
+                                              reach), boundary)
+        for name in (t for n in below for t in (*n.inputs, *n.outputs) if t and t not in keep):
+            if release:
+                ctx.release(name)
     return {k: v for k, v in signals.items() if k in keep}
+
+
+def _merge(upper: dict[str, Any], lower: dict[str, Any], boundary: set[str]) -> dict[str, Any]:
+    """The signals after a lowered run: its results (which include its seeds, the upper signals at the boundary),
+    plus the upper walk's signals elsewhere."""
+    out = {k: v for k, v in upper.items() if k not in boundary}
+    for k, v in lower.items():
+        out[k] = out[k] + v if k in out else v
+    return out
 
 
 def _last_readers(nodes: list[Node]) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx.forward import ForwardRunner
 from ebr_onnx.graph import ModelGraph
+from ebr_onnx.kernels import KernelCache
 from ebr_onnx.walk import RuleContext, required_values, walk
 
 
@@ -28,10 +29,11 @@ def build_model(nodes: list[onnx.NodeProto], inputs: dict[str, list], outputs: l
 
 
 def run_backprop(model: onnx.ModelProto, feeds: dict[str, np.ndarray], seed: np.ndarray | dict[str, np.ndarray],
-                 mode: str = "eb", sources: list[str] | None = None, **options: Any
+                 mode: str = "eb", sources: list[str] | None = None, lowered: bool = False, **options: Any
                  ) -> tuple[dict[str, np.ndarray], RuleContext]:
     """Walk ``seed`` (a signal at the first graph output, or signals by output name) down to ``sources`` (default:
-    every fed input) in float64.
+    every fed input) in float64 rule by rule; with ``lowered``, in float32 on the CPU path, whose lowerable bottom
+    part runs as one onnxruntime graph (:mod:`ebr_onnx.lowering`).
 
     Returns the signal at each source (zeros where none arrived) and the rule context (its ``warnings``)."""
     graph = ModelGraph(model)
@@ -41,9 +43,10 @@ def run_backprop(model: onnx.ModelProto, feeds: dict[str, np.ndarray], seed: np.
     shapes = graph.concrete_shapes({k: np.shape(v) for k, v in feeds.items()})
     wanted = sorted(n for n in required_values(nodes, mode) if n and not graph.is_constant(n))
     values = ForwardRunner(graph).run(feeds, wanted)
-    ctx = RuleContext(graph, np, mode, values, shapes, graph.signal_tensors(sources), dtype=np.float64,
-                      options={"add_rule": "proportional", **options})
-    got = walk(ctx, nodes, {k: np.asarray(v, np.float64) for k, v in seeds.items()}, keep=set(sources))
+    dtype = np.float32 if lowered else np.float64
+    ctx = RuleContext(graph, np, mode, values, shapes, graph.signal_tensors(sources), dtype=dtype,
+                      options={"add_rule": "proportional", **options}, kernels=KernelCache() if lowered else None)
+    got = walk(ctx, nodes, {k: np.asarray(v, dtype) for k, v in seeds.items()}, keep=set(sources))
     return {s: got.get(s, np.zeros(np.shape(feeds[s]))) for s in sources}, ctx
 
 

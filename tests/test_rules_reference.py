@@ -159,9 +159,10 @@ CONV_CASES = {
 }
 
 
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("mode", ["eb", "grad"])
 @pytest.mark.parametrize("case", list(CONV_CASES))
-def test_conv(case, mode, make_model, backprop):
+def test_conv(case, mode, lowered, make_model, backprop):
     c = CONV_CASES[case]
     x, w, b = f32(*c["x"]), f32(*c["w"], low=-1), f32(c["w"][0], low=-1)
     x.ravel()[::7] = 0  # some zero activations, so that some Z are 0
@@ -173,9 +174,10 @@ def test_conv(case, mode, make_model, backprop):
     y = forward(model, {"x": x})[0]
     close(edge_forward({"x": x4}, edges, out_shape).reshape(y.shape) + b.reshape((1, -1) + (1,) * (y.ndim - 2)), y)
     p = RNG.uniform(-1, 1, y.shape)
-    got, _ = backprop(model, {"x": x}, p, mode)
+    got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
     reference = eq8 if mode == "eb" else transposed
     close(got["x"], reference({"x": x4}, edges, p)["x"].reshape(x.shape))
+    assert lowered == bool(ctx.kernels and ctx.kernels.holds("lowered")) or x.ndim == 3  # 1-D convs run rule by rule
 
 
 # -- Gemm / MatMul ----------------------------------------------------------------------------------------------
@@ -256,6 +258,9 @@ def test_matmul_constant_first(mode, make_model, backprop):
 # -- pooling ----------------------------------------------------------------------------------------------------
 POOL_CASES = {
     "2x2_s2": dict(x=(1, 2, 6, 6), attrs=dict(kernel_shape=[2, 2], strides=[2, 2])),
+    "2x2_s2_pads_ceil": dict(x=(2, 2, 5, 7), attrs=dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 0, 0, 1],
+                                                        ceil_mode=1)),
+    "3x2_s3": dict(x=(1, 2, 7, 6), attrs=dict(kernel_shape=[3, 2], strides=[3, 2])),
     "3x3_s2_pad1": dict(x=(2, 2, 7, 7), attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
     "3x3_s1_asym_pads": dict(x=(1, 1, 5, 6), attrs=dict(kernel_shape=[3, 3], pads=[1, 0, 2, 1])),
     "ceil_mode": dict(x=(1, 2, 6, 6), attrs=dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
@@ -293,8 +298,9 @@ def pool_windows(x_shape, out_shape, attrs):
     return windows
 
 
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("case", list(POOL_CASES))
-def test_max_pool(case, make_model, backprop):
+def test_max_pool(case, lowered, make_model, backprop):
     c = POOL_CASES[case]
     x = f32(*c["x"], low=-1)
     x.ravel()[1::5] = x.ravel()[::5][:x.ravel()[1::5].size]  # ties: the first maximum in row-major order wins
@@ -310,8 +316,10 @@ def test_max_pool(case, make_model, backprop):
         assert x.ravel()[best] == y.ravel()[j]
         ref[best] += p.ravel()[j]
     for mode in ("eb", "grad"):
-        got, _ = backprop(model, {"x": x}, p, mode)
+        got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
         close(got["x"], ref.reshape(x.shape))
+        disjoint = all(s >= k for s, k in zip(c["attrs"].get("strides", [1, 1]), c["attrs"]["kernel_shape"]))
+        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == (lowered and disjoint and x.ndim == 4)
 
 
 def test_max_pool_indices_output_takes_no_signal(make_model, backprop):

@@ -218,21 +218,28 @@ def test_exports_have_the_ops_under_test(vgg, resnet):
     assert {"BatchNormalization", "GlobalAveragePool", "Add"} <= unfolded
 
 
+#: float64 runs the rules one by one; float32 runs the CPU path, whose convolutional part is one onnxruntime graph
+#: (:mod:`ebr_onnx.lowering`).
+DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["rules", "lowered"])
+
+
+@DTYPES
 @pytest.mark.parametrize("method", ["grad", "eb"])
-def test_vgg_like(vgg, method):
+def test_vgg_like(vgg, method, dtype):
     model, x, proto = vgg
-    r = Explainer(proto, dtype=np.float64).explain(x.numpy(), target=3, method=method)
+    r = Explainer(proto, dtype=dtype).explain(x.numpy(), target=3, method=method)
     ref = torch_signal(model, x, 3, Plain() if method == "grad" else Excitation())
     close(r.signal, ref)
     assert method == "grad" or (r.signal >= 0).all()
 
 
+@DTYPES
 @pytest.mark.parametrize("folded", [True, False], ids=["bn_folded", "bn_node"])
 @pytest.mark.parametrize("method", ["grad", "eb"])
-def test_resnet_like(resnet, method, folded):
+def test_resnet_like(resnet, method, folded, dtype):
     model, x, proto_folded, proto_bn = resnet
     proto = proto_folded if folded else proto_bn
-    r = Explainer(proto, dtype=np.float64).explain(x.numpy(), target=[1, 4], method=method)
+    r = Explainer(proto, dtype=dtype).explain(x.numpy(), target=[1, 4], method=method)
     reference_model = _folded(model) if folded and method == "eb" else model
     ops = Plain() if method == "grad" else Excitation()
     ref = np.concatenate([torch_signal(reference_model, x[i:i + 1], t, ops) for i, t in enumerate([1, 4])])
@@ -251,10 +258,11 @@ def test_resnet_like_caffe_add_rule(resnet):
     np.testing.assert_allclose(r.mass["layer"], r.mass["top"], rtol=1e-6)
 
 
-def test_vgg_like_contrastive(vgg):
+@DTYPES
+def test_vgg_like_contrastive(vgg, dtype):
     """``ceb``: the EB signal at fc2's input for W and for −W, subtracted, then EB below (independent torch code)."""
     model, x, proto = vgg
-    r = Explainer(proto, dtype=np.float64).explain(x.numpy(), target=2, method="ceb")
+    r = Explainer(proto, dtype=dtype).explain(x.numpy(), target=2, method="ceb")
     m = model.double()
     m.ops = Excitation()
     xd = x.double().requires_grad_()
@@ -268,7 +276,7 @@ def test_vgg_like_contrastive(vgg):
     (ref,) = torch.autograd.grad(h, xd, starts[0] - starts[1])
     model.float().ops = Plain()
     close(r.signal, ref.numpy())
-    np.testing.assert_allclose(r.signal.reshape(2, -1).sum(1), 0, atol=1e-8)
+    np.testing.assert_allclose(r.signal.reshape(2, -1).sum(1), 0, atol=1e-8 if dtype == np.float64 else 1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..graph import Node
-from .registry import needs_input, needs_inputs, rule
+from .registry import needs_input, needs_inputs, needs_output, rule
 
 
-@rule("Relu", needs=needs_input)
+@rule("Relu", needs=needs_output)
 def relu(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
-    """``p' = p ⊙ [x > 0]``."""
-    return [signals[0] * (ctx.value(node.inputs[0]) > 0)]
+    """``p' = p ⊙ [x > 0]``, read as ``[y > 0]`` from the output ``y = max(x, 0)``: the linear rule below reads
+    ``y`` too, so the forward hands over one tensor per ReLU instead of two."""
+    return [signals[0] * (ctx.value(node.outputs[0]) > 0)]
 
 
 @rule("LeakyRelu", needs=needs_input)

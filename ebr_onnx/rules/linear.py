@@ -75,11 +75,7 @@ def excite(ctx, node: Node, x: Any, p: Any, op) -> Any:
     ``x ⊙ Σ_blocks fᵀ(p ⊘₀ f(x, W⁺), W⁺)`` (Eq. 8)."""
     xp = ctx.xp
     if bool((x < 0).any()):
-        ctx.warn_once(
-            "negative-activations",
-            f"node {node.name!r} ({node.op_type}) receives negative activations, which EB does not assume (A1); "
-            "the positive-contribution rule x⁺W⁺ + x⁻W⁻ is used there and below",
-        )
+        warn_negative(ctx, node)
         x_pos, x_neg = xp.maximum(x, 0), xp.minimum(x, 0)
         pos = neg = None
         for block, p_b in op.blocks(p):
@@ -91,6 +87,15 @@ def excite(ctx, node: Node, x: Any, p: Any, op) -> Any:
     for block, p_b in op.blocks(p):
         total = _accumulate(total, block.transpose(safe_divide(xp, p_b, block.forward(x, "pos"), overwrite=True), "pos"))
     return _scaled(xp, total, x)
+
+
+def warn_negative(ctx, node: Node) -> None:
+    """The warning of a linear node whose activations are negative (where the positive-contribution rule applies)."""
+    ctx.warn_once(
+        "negative-activations",
+        f"node {node.name!r} ({node.op_type}) receives negative activations, which EB does not assume (A1); "
+        "the positive-contribution rule x⁺W⁺ + x⁻W⁻ is used there and below",
+    )
 
 
 def _accumulate(total: Any, term: Any) -> Any:

@@ -1,0 +1,181 @@
+"""The lower part of a backward walk as one onnxruntime graph (CPU, float32).
+
+On the CPU a convolutional network's walk is two convolutions per layer (``Z = f(x, W⁺)`` and ``fᵀ(q, W⁺)``, Eq. 8)
+plus memory-bound elementwise work (the ``⊘₀`` guard, ``x ⊙ …``, max-pool routing). Run rule by rule, each step
+allocates fresh buffers and crosses into Python; the walk of VGG-16 to its input took 6× the forward. Here the longest
+run of nodes at the bottom of the walk whose ops all have a *lowering* (Conv, Relu, MaxPool, the reshapes,
+BatchNormalization …) is written out as the ONNX graph of its backward rules, and onnxruntime runs it in one call:
+the captured activations and the signals at its top are its inputs, the signals at the walk's ``keep`` tensors its
+outputs. The upper part (classifiers, recurrent cells, anything without a lowering) runs rule by rule as before.
+
+Each lowering is a small function per op type, registered with :func:`lowering`, that emits the same equation as
+the op's rule in :mod:`ebr_onnx.rules`; the tests hold every lowered walk to the rule-by-rule walk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .graph import Node
+
+#: Opset of the emitted graphs.
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A signal inside the graph being built: its tensor name, and whether it vanishes wherever the tensor it
+    belongs to is 0 (true of every EB linear rule's output, ``x ⊙ …``: a ReLU mask on it is then a no-op)."""
+
+    name: str
+    scaled: bool = False
+
+
+LoweringFn = Callable[[Node, "GraphBuilder", Sequence["Lowered | None"]], list["Lowered | None"]]
+#: (op type, mode) → (lowering, whether it applies to this node).
+_LOWERINGS: dict[tuple[str, str], tuple[LoweringFn, Callable[[Node, Any], bool]]] = {}
+
+
+def lowering(op_types: str | Iterable[str], modes: Iterable[str] = ("eb", "grad"),
+             applies: Callable[[Node, Any], bool] = lambda node, ctx: True):
+    """Register ``fn`` as the lowering of these op types in these modes (where ``applies(node, ctx)``)."""
+    types = [op_types] if isinstance(op_types, str) else list(op_types)
+
+    def register(fn: LoweringFn) -> LoweringFn:
+        for op in types:
+            for mode in modes:
+                _LOWERINGS[(op, mode)] = (fn, applies)
+        return fn
+
+    return register
+
+
+def _lowerable(node: Node, ctx) -> bool:
+    from .rules import lowered  # noqa: F401  (registers the lowerings)
+
+    found = _LOWERINGS.get((node.op_type, ctx.mode))
+    return found is not None and node.name not in ctx.negated and found[1](node, ctx)
+
+
+def split_lowered(ctx, nodes: list[Node]) -> tuple[list[Node], list[Node]]:
+    """(the bottom run of ``nodes`` to lower, the rest), in topological order. Nothing is lowered off the CPU, in
+    other dtypes, or under rule overrides (the recurrent rule sets)."""
+    if (getattr(ctx, "kernels", None) is None or ctx.xp is not np or np.dtype(ctx.dtype) != np.float32
+            or ctx.overrides or not ctx.options.get("lowering", True)):
+        return [], nodes
+    count = 0
+    while count < len(nodes) and _lowerable(nodes[count], ctx):
+        count += 1
+    return nodes[:count], nodes[count:]
+
+
+class GraphBuilder:
+    """Collects the nodes, inputs (fed arrays) and weights of a lowered walk."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.nodes: list[onnx.NodeProto] = []
+        self.feeds: dict[str, np.ndarray] = {}
+        self._weights: dict[str, Callable[[], np.ndarray]] = {}
+        self._values: dict[str, str] = {}
+        #: (node, name of its input's minimum) for linear nodes whose input may be negative.
+        self.minima: list[tuple[Node, str]] = []
+        self._count = 0
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"_{hint}{self._count}"
+
+    def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs: Any) -> Any:
+        """Append one node; its output name (a list of them with ``outputs`` > 1)."""
+        names = [self.fresh(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def seed(self, name: str, array: Any) -> str:
+        key = f"seed:{name}"
+        self.feeds[key] = np.ascontiguousarray(array, dtype=np.float32)
+        return key
+
+    def value(self, name: str) -> str:
+        """A forward activation (fed from the captures) or a constant."""
+        if name not in self._values:
+            ctx = self.ctx
+            if name in ctx.values:
+                self.feeds[name] = np.ascontiguousarray(ctx.values[name], dtype=np.float32)
+                self._values[name] = name
+            else:
+                self._values[name] = self.constant(np.asarray(ctx.graph.constant(name), dtype=np.float32), name)
+        return self._values[name]
+
+    def weight(self, key: str, make: Callable[[], np.ndarray]) -> str:
+        """A weight derived from the model's (made only when the session is built); ``key`` names it uniquely."""
+        self._weights.setdefault(key, make)
+        return key
+
+    def constant(self, array: np.ndarray, hint: str = "const") -> str:
+        key = f"{hint}:{array.dtype}:{array.tolist()}" if array.size <= 16 else f"{hint}:{id(array)}"
+        return self.weight(key, lambda: array)
+
+    def shape_of(self, name: str) -> str:
+        return self.constant(np.asarray(self.ctx.shape(name), dtype=np.int64), "shape")
+
+    def add(self, a: Lowered, b: Lowered) -> Lowered:
+        return Lowered(self.op("Add", [a.name, b.name]), a.scaled and b.scaled)
+
+    def divide_or_zero(self, p: str, z: str) -> str:
+        """``p ⊘₀ z`` for ``z ≥ 0``: ``p / (z + [z = 0])``. Where ``z = 0`` every term ``x_i w_ij`` of ``z`` is 0, so
+        the quotient only meets zero factors on its way down and contributes exactly 0, as with ``safe_divide``."""
+        zero = self.constant(np.zeros((), np.float32), "zero")
+        guard = self.op("Cast", [self.op("Equal", [z, zero])], to=onnx.TensorProto.FLOAT)
+        return self.op("Div", [p, self.op("Add", [z, guard])])
+
+    def key(self, outputs: Sequence[str]) -> tuple:
+        """What identifies the built graph (its session is cached under it)."""
+        return (tuple(n.SerializeToString() for n in self.nodes), tuple(sorted(self.feeds)), tuple(outputs),
+                tuple(sorted(self._weights)))
+
+    def model(self, outputs: Sequence[str]) -> onnx.ModelProto:
+        inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in self.feeds]
+        outs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs]
+        weights = [numpy_helper.from_array(np.ascontiguousarray(make()), key) for key, make in self._weights.items()]
+        graph = helper.make_graph(self.nodes, "lowered_walk", inputs, outs, weights)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def run_lowered(ctx, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str], reach: set[str] | None
+                ) -> dict[str, np.ndarray]:
+    """The walk of ``nodes`` from ``seeds`` (see :func:`ebr_onnx.walk.walk`) as one onnxruntime run; the signals at
+    the ``keep`` tensors (seeds included) that received any."""
+    from .rules import lowered  # noqa: F401  (registers the lowerings)
+    from .rules.linear import warn_negative
+
+    b = GraphBuilder(ctx)
+    signals: dict[str, Lowered] = {name: Lowered(b.seed(name, s)) for name, s in seeds.items()}
+    for node in reversed(nodes):
+        outs = [signals.get(o) for o in node.outputs]
+        if all(s is None for s in outs):
+            continue
+        ins = _LOWERINGS[(node.op_type, ctx.mode)][0](node, b, outs)
+        for o in node.outputs:
+            if o not in keep:
+                signals.pop(o, None)
+        for name, s in zip(node.inputs, ins):
+            if s is None or not ctx.is_signal(name) or (reach is not None and name not in reach):
+                continue
+            signals[name] = b.add(signals[name], s) if name in signals else s
+    wanted = [k for k in sorted(keep) if k in signals]
+    outputs = [b.op("Identity", [signals[k].name]) for k in wanted] + [m for _, m in b.minima]
+    if not wanted:
+        return {}
+    session = ctx.kernels.get(("lowered",) + b.key(outputs), lambda: ctx.kernels.session(b.model(outputs), whole=True))
+    values = session.run(outputs, b.feeds)
+    for (node, _), minimum in zip(b.minima, values[len(wanted):]):
+        if float(minimum) < 0:
+            ctx.node_index = node.index
+            warn_negative(ctx, node)
+    return dict(zip(wanted, values))

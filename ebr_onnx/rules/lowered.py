@@ -1,0 +1,125 @@
+"""Lowerings: each op's rule written as ONNX nodes (see :mod:`ebr_onnx.lowering`), one function per op type.
+
+Each function receives the node, the :class:`~ebr_onnx.lowering.GraphBuilder` and the signals at the node's outputs,
+and returns the signals of its inputs, exactly as its rule in this package does (the equation is the rule's).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from ..graph import Node
+from ..kernels import transpose_as_node
+from ..lowering import GraphBuilder, Lowered, lowering
+from .linear import ConvGeometry, weight_part
+
+#: Ops whose output is non-negative when their (first) input is: a linear rule below them needs no sign check.
+_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Identity",
+               "Dropout", "Squeeze", "Unsqueeze", "Transpose"}
+
+
+def nonnegative(ctx, name: str) -> bool:
+    """Whether ``name`` is ≥ 0 by construction (a ReLU output, or one routed or pooled from it)."""
+    node = ctx.graph.producer.get(name)
+    if node is None:
+        return False
+    if node.op_type == "Relu":
+        return True
+    return node.op_type in _KEEPS_SIGN and nonnegative(ctx, node.inputs[0])
+
+
+# -- Conv ---------------------------------------------------------------------------------------------------------
+def _plain_conv(node: Node, ctx) -> bool:
+    shape = ctx.shape(node.inputs[0])
+    return len(shape) == 4 and ctx.graph.is_constant(node.inputs[1])
+
+
+@lowering("Conv", applies=_plain_conv)
+def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """Eq. 8 (the rule :func:`ebr_onnx.rules.linear.conv`): ``x ⊙ fᵀ(p ⊘₀ f(x, W⁺), W⁺)``; where ``x`` may be
+    negative, the positive-contribution rule ``x⁺ ⊙ fᵀ(q, W⁺) + x⁻ ⊙ fᵀ(q, W⁻)`` with ``Z = f(x⁺, W⁺) + f(x⁻, W⁻)``
+    (equal to Eq. 8 where ``x ≥ 0``; the input's minimum is returned for the warning). Gradient: ``fᵀ(p, W)``."""
+    ctx = b.ctx
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    geo = ConvGeometry(node, ctx.shape(x_name), tuple(ctx.shape(w_name)))
+    attrs = {"strides": geo.strides, "pads": geo.pads, "dilations": geo.dilations, "group": geo.group}
+
+    def part(which: str) -> np.ndarray:
+        return weight_part(np, np.asarray(ctx.graph.constant(w_name), dtype=np.float32), which)
+
+    def forward(x: str, which: str) -> str:
+        return b.op("Conv", [x, b.weight(f"{w_name}:{which}", lambda: part(which))], **attrs)
+
+    def transpose(q: str, which: str) -> str:
+        op_type, _, t_attrs = transpose_as_node(geo, part("all"))
+        w = b.weight(f"{w_name}:{which}:T", lambda: transpose_as_node(geo, part(which))[1])
+        return b.op(op_type, [q, w], **t_attrs)
+
+    p = signals[0].name
+    if ctx.mode == "grad":
+        return [Lowered(transpose(p, "all")), None, None]
+    x = b.value(x_name)
+    if nonnegative(ctx, x_name):
+        q = b.divide_or_zero(p, forward(x, "pos"))
+        return [Lowered(b.op("Mul", [x, transpose(q, "pos")]), scaled=True), None, None]
+    b.minima.append((node, b.op("ReduceMin", [x], keepdims=0)))
+    zero = b.constant(np.zeros((), np.float32), "zero")
+    x_pos, x_neg = b.op("Max", [x, zero]), b.op("Min", [x, zero])
+    q = b.divide_or_zero(p, b.op("Add", [forward(x_pos, "pos"), forward(x_neg, "neg")]))
+    pos = b.op("Mul", [x_pos, transpose(q, "pos")])
+    neg = b.op("Mul", [x_neg, transpose(q, "neg")])
+    return [Lowered(b.op("Add", [pos, neg]), scaled=True), None, None]
+
+
+# -- activations and routing --------------------------------------------------------------------------------------
+@lowering("Relu")
+def relu(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """``p' = p ⊙ [y > 0]`` (the rule :func:`ebr_onnx.rules.activation.relu`); under EB a no-op on a signal that
+    already vanishes where the output is 0."""
+    p = signals[0]
+    if b.ctx.mode == "eb" and p.scaled:
+        return [p]
+    zero = b.constant(np.zeros((), np.float32), "zero")
+    mask = b.op("Cast", [b.op("Greater", [b.value(node.outputs[0]), zero])], to=onnx.TensorProto.FLOAT)
+    return [Lowered(b.op("Mul", [p.name, mask]), scaled=True)]
+
+
+def _disjoint_max_pool(node: Node, ctx) -> bool:
+    kernel = list(node.attr("kernel_shape", []))
+    strides = list(node.attr("strides", [1] * len(kernel)))
+    return (len(ctx.shape(node.inputs[0])) == 4 and len(kernel) == 2 and all(s >= k for s, k in zip(strides, kernel))
+            and all(d == 1 for d in node.attr("dilations", [1, 1])) and int(node.attr("storage_order", 0)) == 0)
+
+
+@lowering("MaxPool", applies=_disjoint_max_pool)
+def max_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """``p'_i = Σ_w p_w [i = first argmax of w]``: onnxruntime's MaxPool indices (first maximum) and MaxUnpool
+    (windows that do not overlap: each input position is in one window at most)."""
+    ctx = b.ctx
+    x_name = node.inputs[0]
+    geo = ConvGeometry(node, ctx.shape(x_name), (1, 1, *node.attr("kernel_shape")))
+    attrs = {"kernel_shape": geo.kernel, "strides": geo.strides, "pads": geo.pads}
+    _, indices = b.op("MaxPool", [b.value(x_name)], outputs=2, ceil_mode=int(node.attr("ceil_mode", 0)), **attrs)
+    p = signals[0]
+    return [Lowered(b.op("MaxUnpool", [p.name, indices, b.shape_of(x_name)], **attrs), p.scaled)]
+
+
+@lowering(["Identity", "Dropout"])
+def identity(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """``p' = p``."""
+    return [signals[0]] + [None] * (len(node.inputs) - 1)
+
+
+@lowering(["Flatten", "Reshape", "Squeeze", "Unsqueeze"])
+def reshape_like(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """``p'`` = ``p`` in the input's shape."""
+    p = signals[0]
+    return [Lowered(b.op("Reshape", [p.name, b.shape_of(node.inputs[0])]), p.scaled)] + [None] * (len(node.inputs) - 1)
+
+
+@lowering("BatchNormalization", modes=("eb",))
+def batch_norm(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """``p' = p`` (pass-through, as the release: spec §2.4)."""
+    return [Lowered(signals[0].name)] + [None] * (len(node.inputs) - 1)

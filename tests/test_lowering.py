@@ -1,0 +1,87 @@
+"""The lowered walk (:mod:`ebr_onnx.lowering`) against the rule-by-rule walk, where the independent references of
+``test_rules_reference.py`` / ``test_torch_reference.py`` do not reach: negative activations and their warning, a
+ReLU whose signal is not scaled by its output, a kept intermediate tensor, the recurrent methods' CNN part."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from ebr_onnx import Explainer
+from ebr_onnx.demo import bundled_model
+from ebr_onnx.pipeline import model_preprocess
+from ebr_onnx.preprocess import preprocess
+from ebr_onnx.synthetic import make_clip
+
+RNG = np.random.default_rng(7)
+
+
+def close(got: np.ndarray, ref: np.ndarray, rtol: float = 1e-5) -> None:
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * max(1.0, float(np.abs(ref).max())))
+
+
+def conv_stack(make_model):
+    """Conv → Relu → MaxPool → Conv → Relu ``r2`` → Flatten → MatMul (classes 5), on (N, 2, 6, 6)."""
+    inits = {"w1": RNG.standard_normal((4, 2, 3, 3)).astype(np.float32),
+             "w2": RNG.standard_normal((3, 4, 3, 3)).astype(np.float32),
+             "fw": RNG.standard_normal((27, 5)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("MaxPool", ["r1"], ["m1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+             helper.make_node("Conv", ["m1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Flatten", ["r2"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fw"], ["y"], name="fc")]
+    return make_model(nodes, {"x": ["N", 2, 6, 6]}, ["y"], inits)
+
+
+@pytest.mark.parametrize("layer", [None, "r1", "m1"])
+@pytest.mark.parametrize("method", ["eb", "ceb", "grad"])
+def test_explainer_lowered_equals_rules_with_negative_input(method, layer, make_model):
+    """A mean-subtracted input: the positive-contribution rule, and the same warning naming ``conv1``."""
+    model = conv_stack(make_model)
+    x = RNG.uniform(-1, 1, (3, 2, 6, 6)).astype(np.float32)
+    lowered = Explainer(model, threads=1)
+    rules = Explainer(model, threads=1, lowering=False)
+    got = lowered.explain(x, target=[0, 2, 4], method=method, layer=layer)
+    ref = rules.explain(x, target=[0, 2, 4], method=method, layer=layer)
+    close(got.signal, ref.signal)
+    assert got.warnings == ref.warnings
+    assert lowered.kernels.holds("lowered") and not rules.kernels.holds("lowered")
+    if method == "eb" and layer is None:
+        assert any("'conv1'" in w for w in got.warnings)
+
+
+def test_relu_mask_applies_to_a_seed_that_is_not_scaled(make_model, backprop):
+    """A seed straight at a ReLU output, non-zero where the ReLU is off: the lowered ReLU keeps its mask."""
+    model = conv_stack(make_model)
+    x = RNG.uniform(0, 1, (2, 2, 6, 6)).astype(np.float32)
+    seed = {"r1": RNG.uniform(0.5, 1, (2, 4, 6, 6))}
+    for mode in ("eb", "grad"):
+        got, ctx = backprop(model, {"x": x}, seed, mode, lowered=True)
+        ref, _ = backprop(model, {"x": x}, seed, mode)
+        assert ctx.kernels.holds("lowered")
+        close(got["x"], ref["x"])
+
+
+@pytest.fixture(scope="module")
+def clip_input() -> tuple[Path, np.ndarray]:
+    model = bundled_model()
+    x, _ = preprocess(make_clip(3).frames, model_preprocess(Explainer(model), None))
+    return model, x
+
+
+@pytest.mark.parametrize("layer", [None, "conv2"])
+@pytest.mark.parametrize("method", ["cebr", "ebr", "gradr"])
+def test_recurrent_methods_cnn_part(method, layer, clip_input):
+    """The bundled CNN-LSTM: the CNN part below the boundary lowered, the same maps and temporal curve."""
+    model, x = clip_input
+    lowered = Explainer(model)
+    layer = layer and next(n.outputs[0] for n in lowered.graph.nodes if n.op_type == "Relu")
+    got = lowered.explain(x, method=method, layer=layer)
+    ref = Explainer(model, lowering=False).explain(x, method=method, layer=layer)
+    close(got.signal, ref.signal, rtol=1e-4)
+    close(got.temporal, ref.temporal, rtol=1e-4)
+    assert lowered.kernels.holds("lowered")
