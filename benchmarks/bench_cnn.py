@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import build_in_child, child, measure, ort_forward, parser, run_child  # noqa: E402
+from common import build_in_child, child, eb_convolutions, measure, ort_forward, parser, run_child  # noqa: E402
 
 CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 CONV5_1 = "conv5_1"
@@ -75,6 +75,8 @@ def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> 
     x = np.random.default_rng(1).random((images, 3, 224, 224), dtype=np.float32)
     if case == "ort":
         fn = ort_forward(model, {"data": x}, threads)
+    elif case == "floor":
+        fn = eb_convolutions(model, {"data": x}, threads)
     elif case.startswith(("eb", "ceb")):
         from ebr_onnx import Explainer
 
@@ -123,6 +125,7 @@ def _torch_model(model: str):
 
 CASES = [
     ("ort", "onnxruntime forward"),
+    ("floor", "EB's 2 convolutions per layer alone"),
     ("eb:conv5_1", "eb to conv5_1 (forward incl.)"),
     ("ceb:conv5_1", "ceb to conv5_1 (forward incl.)"),
     ("eb:input", "eb to the input (forward incl.)"),
@@ -155,6 +158,8 @@ def main() -> None:
             print(f"{label:45s} {'-':>8s} {'-':>8s} {'-':>6s} {'-':>8s} {'-':>6s}  ({note})")
         else:
             print(f"{label:45s} {t:8.2f} {t / args.images:8.3f} {t / base_t:6.2f} {m:8.0f} {m / base_m:6.2f}")
+    if rows[1][1] is not None:
+        print(f"floor of eb to the input (forward + EB's convolutions): {(base_t + rows[1][1]) / base_t:.2f}x ort")
 
 
 if __name__ == "__main__":

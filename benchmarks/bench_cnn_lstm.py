@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_cnn import CONV5_1, build_vgg16  # noqa: E402
-from common import build_in_child, child, measure, ort_forward, parser, run_child  # noqa: E402
+from common import build_in_child, child, eb_convolutions, measure, ort_forward, parser, run_child  # noqa: E402
 
 HIDDEN, CLASSES = 256, 101
 
@@ -74,6 +74,8 @@ def run_case(case: str, model: str, frames: int, repeats: int, threads: int) -> 
     x = np.random.default_rng(1).random((frames, 3, 224, 224), dtype=np.float32)
     if case == "ort":
         fn = ort_forward(model, {"data": x}, threads)
+    elif case == "floor":
+        fn = eb_convolutions(model, {"data": x}, threads)
     else:
         from ebr_onnx import Explainer
 
@@ -97,6 +99,7 @@ def main() -> None:
              lambda: run_case(args.case, args.model, args.frames, args.repeats, args.threads)):
         return
     cases = [(args.frames, "ort", "onnxruntime forward", None),
+             (args.frames, "floor", "EB's 2 convolutions per layer alone", None),
              (args.frames, f"cebr:{CONV5_1}", "cebr to conv5_1 (forward incl.)", 1.8),
              (args.frames, "cebr:input", "cebr to the input (forward incl.)", 3.5)]
     if args.long:
@@ -121,6 +124,9 @@ def main() -> None:
         ratio_t = f"{t / bt:6.2f}" if bt else f"{'-':>6s}"
         ratio_m = f"{m / bm:6.2f}" if bm else f"{'-':>6s}"
         print(f"{frames:4d} {label:38s} {t:8.2f} {t / frames:8.3f} {ratio_t} {goal:>6s} {m:8.0f} {ratio_m}")
+    floor, (bt, _) = rows[1][3], base.get(args.frames, (None, None))
+    if floor is not None and bt:
+        print(f"floor of cebr to the input (forward + EB's convolutions), T = {args.frames}: {(bt + floor) / bt:.2f}x ort")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,44 @@ def ort_forward(model: str, feeds: dict, threads: int) -> Callable[[], object]:
     return lambda: sess.run(None, feeds)
 
 
+def eb_convolutions(model: str, feeds: dict, threads: int) -> Callable[[], object]:
+    """The floor of EB on a CNN: only the two convolutions per Conv node that Eq. 8 needs (``Z = f(x, W⁺)`` and the
+    transpose ``fᵀ(q, W⁺)``), on inputs of the forward's shapes, as one onnxruntime graph (all optimizations, with an
+    arena) — no forward, no elementwise work, no memory handed back."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from ebr_onnx.graph import ModelGraph
+    from ebr_onnx.kernels import transpose_as_node
+    from ebr_onnx.rules.linear import ConvGeometry
+
+    graph = ModelGraph(model)
+    shapes = graph.concrete_shapes({k: np.shape(v) for k, v in feeds.items()})
+    rng = np.random.default_rng(0)
+    nodes, inits, inputs, outputs, data = [], [], [], [], {}
+    for i, node in enumerate(n for n in graph.nodes if n.op_type == "Conv"):
+        x_shape = tuple(shapes[node.inputs[0]]) if node.inputs[0] in shapes else np.shape(feeds[node.inputs[0]])
+        w = np.maximum(graph.constant(node.inputs[1]), 0).astype(np.float32)
+        geo = ConvGeometry(node, x_shape, w.shape)
+        op_type, wt, attrs = transpose_as_node(geo, w)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.ascontiguousarray(wt), f"wt{i}")]
+        data[f"x{i}"] = rng.random(x_shape, dtype=np.float32)
+        inputs.append(helper.make_tensor_value_info(f"x{i}", onnx.TensorProto.FLOAT, list(x_shape)))
+        nodes += [helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"z{i}"], strides=geo.strides, pads=geo.pads,
+                                   dilations=geo.dilations, group=geo.group),
+                  helper.make_node(op_type, [f"z{i}", f"wt{i}"], [f"t{i}"], **attrs),
+                  helper.make_node("ReduceSum", [f"t{i}"], [f"s{i}"], keepdims=0)]
+        outputs.append(helper.make_tensor_value_info(f"s{i}", onnx.TensorProto.FLOAT, []))
+    proto = helper.make_model(helper.make_graph(nodes, "eb_convolutions", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, data)
+
+
 def run_child(script: str, args: list[str]) -> tuple[float | None, float | None, str]:
     """Run ``script --case …`` in a child process: (seconds, peak MB, note — the last error line when it failed)."""
     proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)

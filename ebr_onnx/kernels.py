@@ -35,6 +35,14 @@ class KernelCache:
             self._items[key] = build()
         return self._items[key]
 
+    def latest(self, slot: tuple, version: Any, build: Callable[[], Any]) -> Any:
+        """One operator per ``slot``: the held one while its ``version`` matches, else a new build replacing it (a
+        lowered walk holds its own copy of the weights: one per walk, not one per shape ever met)."""
+        held = self._items.get(slot)
+        if held is None or held[0] != version:
+            self._items[slot] = held = (version, build())
+        return held[1]
+
     def session(self, model: onnx.ModelProto, whole: bool = False):
         """An onnxruntime CPU session for a model holding its own weights, not spinning between calls, without a
         memory arena (an arena per session would keep each layer's largest buffers for good: +0.5 GB on VGG-16's

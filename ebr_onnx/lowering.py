@@ -122,7 +122,17 @@ class GraphBuilder:
         return self.weight(key, lambda: array)
 
     def shape_of(self, name: str) -> str:
-        return self.constant(np.asarray(self.ctx.shape(name), dtype=np.int64), "shape")
+        """The shape of ``name``: read from its fed value where it is captured; else its static shape with the one
+        free dimension as -1, or its concrete shape (a graph that holds no batch size serves every chunk)."""
+        ctx = self.ctx
+        if name in ctx.values:
+            return self.op("Shape", [self.value(name)])
+        shape = list(ctx.shape(name))
+        static = ctx.graph.shapes.get(name)
+        free = [i for i, d in enumerate(static or ()) if not isinstance(d, int)]
+        if static is not None and len(static) == len(shape) and len(free) == 1:
+            shape[free[0]] = -1
+        return self.constant(np.asarray(shape, dtype=np.int64), "shape")
 
     def add(self, a: Lowered, b: Lowered) -> Lowered:
         return Lowered(self.op("Add", [a.name, b.name]), a.scaled and b.scaled)
@@ -172,7 +182,8 @@ def run_lowered(ctx, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str]
     outputs = [b.op("Identity", [signals[k].name]) for k in wanted] + [m for _, m in b.minima]
     if not wanted:
         return {}
-    session = ctx.kernels.get(("lowered",) + b.key(outputs), lambda: ctx.kernels.session(b.model(outputs), whole=True))
+    session = ctx.kernels.latest(("lowered", tuple(n.name for n in nodes)), b.key(outputs),
+                                 lambda: ctx.kernels.session(b.model(outputs), whole=True))
     values = session.run(outputs, b.feeds)
     for (node, _), minimum in zip(b.minima, values[len(wanted):]):
         if float(minimum) < 0:

@@ -85,3 +85,17 @@ def test_recurrent_methods_cnn_part(method, layer, clip_input):
     close(got.signal, ref.signal, rtol=1e-4)
     close(got.temporal, ref.temporal, rtol=1e-4)
     assert lowered.kernels.holds("lowered")
+
+
+def test_one_session_serves_every_chunk_size(make_model):
+    """Chunks of 2 and 1 examples, then other inputs: the lowered graph is built once (it holds no batch size)."""
+    model = conv_stack(make_model)
+    ex, rules = Explainer(model, batch_size=2, threads=1), Explainer(model, lowering=False)
+    built = []
+    session = ex.kernels.session
+    ex.kernels.session = lambda model, whole=False: built.append(whole) or session(model, whole)
+    for seed in range(2):
+        x = np.random.default_rng(seed).uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
+        ref = rules.explain(x, target=1, method="eb")
+        close(ex.explain(x, target=1, method="eb").signal, ref.signal)
+    assert built.count(True) == 1
