@@ -360,7 +360,8 @@ def test_average_pool_eb_guard_non_positive_sum(make_model, backprop):
     close(got["x"], np.array([[[[2 / 7 * 1, 2 / 7 * 2, 0, 0], [2 / 7 * 3, 2 / 7 * 1, 0, 0]]]]))
 
 
-def test_global_pools(make_model, backprop):
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+def test_global_pools(lowered, make_model, backprop):
     x = f32(2, 3, 4, 5)
     x[0, 1] = 0  # a channel with zero sum passes nothing in EB
     p = RNG.uniform(-1, 1, (2, 3, 1, 1))
@@ -368,15 +369,15 @@ def test_global_pools(make_model, backprop):
     windows = {j: list(range(j * 20, j * 20 + 20)) for j in range(6)}
     edges = [(j, "x", i, 1 / 20) for j, members in windows.items() for i in members]
     close(edge_forward({"x": x}, edges, p.shape), forward(avg, {"x": x})[0])
-    close(backprop(avg, {"x": x}, p, "eb")[0]["x"], eq8({"x": x}, edges, p)["x"])
-    close(backprop(avg, {"x": x}, p, "grad")[0]["x"], transposed({"x": x}, edges, p)["x"])
+    close(backprop(avg, {"x": x}, p, "eb", lowered=lowered)[0]["x"], eq8({"x": x}, edges, p)["x"])
+    close(backprop(avg, {"x": x}, p, "grad", lowered=lowered)[0]["x"], transposed({"x": x}, edges, p)["x"])
     x[1, 2, 0, :2] = 0.5  # a tie: the first maximum wins
     mx = make_model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], {"x": list(x.shape)}, ["y"])
     ref = np.zeros(x.size)
     for j, members in windows.items():
         ref[members[int(np.argmax(x.ravel()[members]))]] = p.ravel()[j]
     for mode in ("eb", "grad"):
-        close(backprop(mx, {"x": x}, p, mode)[0]["x"], ref.reshape(x.shape))
+        close(backprop(mx, {"x": x}, p, mode, lowered=lowered)[0]["x"], ref.reshape(x.shape))
 
 
 # -- ReLU family ------------------------------------------------------------------------------------------------
@@ -499,12 +500,13 @@ def test_add_two_signals_eq8_with_broadcasting(make_model, backprop):
     close(got["b"], ref["b"])
 
 
-def test_add_two_signals_negative_parts(make_model, backprop):
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+def test_add_two_signals_negative_parts(lowered, make_model, backprop):
     """Signed operands: each gets p · x_k⁺ / Σ_j x_j⁺ (loops over output units)."""
     a, b = f32(3, 4, low=-1), f32(3, 4, low=-1)
     model = make_model([helper.make_node("Add", ["a", "b"], ["y"])], {"a": [3, 4], "b": [3, 4]}, ["y"])
     p = RNG.uniform(-1, 1, (3, 4))
-    got, _ = backprop(model, {"a": a, "b": b}, p)
+    got, _ = backprop(model, {"a": a, "b": b}, p, lowered=lowered)
     ref = {"a": np.zeros(12), "b": np.zeros(12)}
     for j in range(12):
         pos = {k: max(float(v.ravel()[j]), 0.0) for k, v in (("a", a), ("b", b))}
@@ -530,35 +532,38 @@ def test_sum_of_three_signals(mode, make_model, backprop):
         close(got[k], ref[k])
 
 
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("op", ["Add", "Mul"])
-def test_operand_used_twice(op, make_model, backprop):
+def test_operand_used_twice(op, lowered, make_model, backprop):
     """``x + x`` and ``x · x``: EB gives x the whole signal once (half through each operand); grad is 2p or 2xp."""
     x = f32(2, 3, low=0.1)
     model = make_model([helper.make_node(op, ["x", "x"], ["y"])], {"x": [2, 3]}, ["y"])
     p = RNG.uniform(-1, 1, (2, 3))
-    close(backprop(model, {"x": x}, p, "eb")[0]["x"], p)
-    close(backprop(model, {"x": x}, p, "grad")[0]["x"], finite_difference(model, {"x": x}, "x", p))
+    close(backprop(model, {"x": x}, p, "eb", lowered=lowered)[0]["x"], p)
+    close(backprop(model, {"x": x}, p, "grad", lowered=lowered)[0]["x"], finite_difference(model, {"x": x}, "x", p))
 
 
-def test_add_caffe_rule_gives_everything_to_input_1(make_model, backprop):
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+def test_add_caffe_rule_gives_everything_to_input_1(lowered, make_model, backprop):
     a, b = f32(3, 4), f32(3, 4)
     model = make_model([helper.make_node("Add", ["a", "b"], ["y"])], {"a": [3, 4], "b": [3, 4]}, ["y"])
     p = RNG.uniform(-1, 1, (3, 4))
-    got, _ = backprop(model, {"a": a, "b": b}, p, add_rule="caffe")
+    got, _ = backprop(model, {"a": a, "b": b}, p, add_rule="caffe", lowered=lowered)
     close(got["a"], np.zeros((3, 4)))
     close(got["b"], p)
 
 
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("op", ["Add", "Sub"])
 @pytest.mark.parametrize("constant_first", [False, True])
-def test_bias_operand(op, constant_first, make_model, backprop):
+def test_bias_operand(op, constant_first, lowered, make_model, backprop):
     """A constant operand is a bias: EB sends the whole signal to the signal operand; grad is the derivative."""
     x, c = f32(2, 3, low=-1), f32(3, low=-1)
     inputs = ["c", "x"] if constant_first else ["x", "c"]
     model = make_model([helper.make_node(op, inputs, ["y"])], {"x": [2, 3]}, ["y"], {"c": c})
     p = RNG.uniform(-1, 1, (2, 3))
-    close(backprop(model, {"x": x}, p, "eb")[0]["x"], p)
-    close(backprop(model, {"x": x}, p, "grad")[0]["x"], finite_difference(model, {"x": x}, "x", p))
+    close(backprop(model, {"x": x}, p, "eb", lowered=lowered)[0]["x"], p)
+    close(backprop(model, {"x": x}, p, "grad", lowered=lowered)[0]["x"], finite_difference(model, {"x": x}, "x", p))
 
 
 def test_sub_two_signals_eq8(make_model, backprop):

@@ -106,6 +106,50 @@ def max_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> 
     return [Lowered(b.op("MaxUnpool", [p.name, indices, b.shape_of(x_name)], **attrs), p.scaled)]
 
 
+def _global_pool(node: Node, ctx) -> bool:
+    return len(ctx.shape(node.inputs[0])) == 4
+
+
+@lowering("GlobalAveragePool", applies=_global_pool)
+def global_average_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """EB: ``p'_i = x_i p_c ⊘ S_c`` with ``S_c = Σ_i x_i`` and ``S_c ≤ 0 → 0`` (the rule
+    :func:`ebr_onnx.rules.pooling.global_average_pool_eb`); gradient: ``p'_i = p_c / (h·w)``."""
+    ctx, p = b.ctx, signals[0]
+    x_name = node.inputs[0]
+    if ctx.mode == "grad":
+        h, w = ctx.shape(x_name)[2:]
+        mean = b.op("Div", [p.name, b.constant(np.asarray(h * w, np.float32), "count")])
+        return [Lowered(b.op("Expand", [mean, b.shape_of(x_name)]))]
+    x = b.value(x_name)
+    zero = b.constant(np.zeros((), np.float32), "zero")
+    total = b.op("ReduceSum", [x, b.constant(np.asarray([2, 3], np.int64), "axes")], keepdims=1)
+    positive = b.op("Cast", [b.op("Greater", [total, zero])], to=onnx.TensorProto.FLOAT)
+    q = b.op("Mul", [b.divide_or_zero(p.name, b.op("Max", [total, zero])), positive])
+    return [Lowered(b.op("Mul", [x, q]), scaled=True)]
+
+
+def _same_shape_add(node: Node, ctx) -> bool:
+    out = ctx.shape(node.outputs[0])
+    return all(ctx.shape(t) == out for t in node.inputs if ctx.is_signal(t))
+
+
+@lowering(["Add", "Sum"], applies=_same_shape_add)
+def add(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """EB over two or more signal operands: ``p_k = p ⊙ x_k⁺ ⊘₀ Σ_j x_j⁺`` (``add_rule="caffe"``: all to input 1);
+    one signal operand (a bias add) and the gradient: ``p_k = p`` (the rules :func:`ebr_onnx.rules.elementwise.add_eb`,
+    ``add_grad``)."""
+    ctx, p = b.ctx, signals[0]
+    mask = [ctx.is_signal(t) for t in node.inputs]
+    if ctx.mode == "grad" or sum(mask) < 2:
+        return [Lowered(p.name) if m else None for m in mask]
+    if ctx.options.get("add_rule") == "caffe":
+        return [Lowered(p.name) if k == 1 else None for k in range(len(mask))]
+    parts = [b.op("Relu", [b.value(t)]) if m else None for t, m in zip(node.inputs, mask)]
+    present = [c for c in parts if c is not None]
+    q = b.divide_or_zero(p.name, present[0] if len(present) == 1 else b.op("Sum", present))
+    return [None if c is None else Lowered(b.op("Mul", [c, q]), scaled=True) for c in parts]
+
+
 @lowering(["Identity", "Dropout"])
 def identity(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
     """``p' = p``."""
