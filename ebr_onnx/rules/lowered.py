@@ -119,7 +119,8 @@ def global_average_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered |
     if ctx.mode == "grad":
         h, w = ctx.shape(x_name)[2:]
         mean = b.op("Div", [p.name, b.constant(np.asarray(h * w, np.float32), "count")])
-        return [Lowered(b.op("Expand", [mean, b.shape_of(x_name)]))]
+        frame = b.constant(np.asarray([1, 1, h, w], np.int64), "shape")  # Expand broadcasts N and C from the mean
+        return [Lowered(b.op("Expand", [mean, frame]))]
     x = b.value(x_name)
     zero = b.constant(np.zeros((), np.float32), "zero")
     total = b.op("ReduceSum", [x, b.constant(np.asarray([2, 3], np.int64), "axes")], keepdims=1)
