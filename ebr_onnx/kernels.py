@@ -43,12 +43,13 @@ class KernelCache:
             self._items[slot] = held = (version, build())
         return held[1]
 
-    def session(self, model: onnx.ModelProto, whole: bool = False):
+    def session(self, model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = None, whole: bool = False):
         """An onnxruntime CPU session for a model holding its own weights, not spinning between calls, without a
         memory arena (an arena per session would keep each layer's largest buffers for good: +0.5 GB on VGG-16's
         walk). A one-node kernel runs without the NCHWc layout (its reordered copies of input and output raised the
         VGG-16 walk's peak by ~0.7 GB, for no speed); a ``whole`` lowered walk gets all optimizations, NCHWc
-        included, which keeps the layout between its convolutions.
+        included, which keeps the layout between its convolutions. ``weights`` are the arrays of initializers the
+        model declares external: the session reads them in place (and keeps them alive).
         """
         import onnxruntime as ort
 
@@ -59,7 +60,12 @@ class KernelCache:
         options.enable_cpu_mem_arena = False
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if whole
                                             else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (weights or {}).values()]
+        if values:
+            options.add_external_initializers(list(weights), values)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session.held_weights = values  # the session reads these arrays' memory
+        return session
 
 
 def _one_node(op_type: str, w: np.ndarray, **attrs: Any) -> onnx.ModelProto:

@@ -24,6 +24,8 @@ from .graph import Node
 
 #: Opset of the emitted graphs.
 OPSET = 17
+#: Weights up to this many elements are stored in the graph; larger ones are handed to the session as arrays.
+SMALL = 1024
 
 
 @dataclass(frozen=True)
@@ -149,12 +151,24 @@ class GraphBuilder:
         return (tuple(n.SerializeToString() for n in self.nodes), tuple(sorted(self.feeds)), tuple(outputs),
                 tuple(sorted(self._weights)))
 
-    def model(self, outputs: Sequence[str]) -> onnx.ModelProto:
+    def model(self, outputs: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """The graph, and the arrays of its large weights: those are declared external, and the session reads them
+        from these arrays (no serialized copy, no copy in the session besides its own re-layout)."""
         inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in self.feeds]
         outs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs]
-        weights = [numpy_helper.from_array(np.ascontiguousarray(make()), key) for key, make in self._weights.items()]
+        weights, external = [], {}
+        for key, make in self._weights.items():
+            array = np.ascontiguousarray(make())
+            if array.size <= SMALL:
+                weights.append(numpy_helper.from_array(array, key))
+                continue
+            external[key] = array
+            tensor = onnx.TensorProto(name=key, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                                      dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
+            tensor.external_data.add(key="location", value="memory")
+            weights.append(tensor)
         graph = helper.make_graph(self.nodes, "lowered_walk", inputs, outs, weights)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), external
 
 
 def run_lowered(ctx, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str], reach: set[str] | None
@@ -183,7 +197,7 @@ def run_lowered(ctx, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str]
     if not wanted:
         return {}
     session = ctx.kernels.latest(("lowered", tuple(n.name for n in nodes)), b.key(outputs),
-                                 lambda: ctx.kernels.session(b.model(outputs), whole=True))
+                                 lambda: ctx.kernels.session(*b.model(outputs), whole=True))
     values = session.run(outputs, b.feeds)
     for (node, _), minimum in zip(b.minima, values[len(wanted):]):
         if float(minimum) < 0:
