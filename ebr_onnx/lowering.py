@@ -28,6 +28,10 @@ OPSET = 17
 SMALL = 1024
 
 
+class LoweringFailed(Exception):
+    """onnxruntime could not build or run a lowered walk (the caller walks those nodes rule by rule instead)."""
+
+
 @dataclass(frozen=True)
 class Lowered:
     """A signal inside the graph being built: its tensor name, and whether it vanishes wherever the tensor it
@@ -196,9 +200,12 @@ def run_lowered(ctx, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str]
     outputs = [b.op("Identity", [signals[k].name]) for k in wanted] + [m for _, m in b.minima]
     if not wanted:
         return {}
-    session = ctx.kernels.latest(("lowered", tuple(n.name for n in nodes)), b.key(outputs),
-                                 lambda: ctx.kernels.session(*b.model(outputs), whole=True))
-    values = session.run(outputs, b.feeds)
+    try:
+        session = ctx.kernels.latest(("lowered", tuple(n.name for n in nodes)), b.key(outputs),
+                                     lambda: ctx.kernels.session(*b.model(outputs), whole=True))
+        values = session.run(outputs, b.feeds)
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        raise LoweringFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     for (node, _), minimum in zip(b.minima, values[len(wanted):]):
         if float(minimum) < 0:
             ctx.node_index = node.index

@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import UnsupportedOpError
 from .graph import ModelGraph, Node
-from .lowering import run_lowered, split_lowered
+from .lowering import LoweringFailed, run_lowered, split_lowered
 from .rules import registry
 
 
@@ -134,10 +134,26 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
     override rules keep everything).
     """
     keep = set(keep)
-    below, nodes = split_lowered(ctx, nodes)
-    boundary = {o for n in below for o in n.outputs if o}
-    signals: dict[str, Any] = dict(seeds)
-    last = _last_readers(below + nodes) if release and not ctx.overrides else {}
+    below, upper = split_lowered(ctx, nodes)
+    last = _last_readers(nodes) if release and not ctx.overrides else {}
+    signals = _propagate(ctx, upper, dict(seeds), keep, reach, last)
+    if below:
+        boundary = {o for n in below for o in n.outputs if o}
+        try:
+            lowered = run_lowered(ctx, below, {k: v for k, v in signals.items() if k in boundary}, keep, reach)
+        except LoweringFailed:  # onnxruntime refused the graph: the rules give the same signals, one by one
+            signals = _propagate(ctx, below, signals, keep, reach, last)
+        else:
+            signals = _merge(signals, lowered, boundary)
+            for name in (t for n in below for t in (*n.inputs, *n.outputs) if t and t not in keep):
+                if release:
+                    ctx.release(name)
+    return {k: v for k, v in signals.items() if k in keep}
+
+
+def _propagate(ctx: RuleContext, nodes: list[Node], signals: dict[str, Any], keep: set[str], reach: set[str] | None,
+               last: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The rules of ``nodes`` in reverse order, from ``signals`` (updated in place and returned)."""
     for node in reversed(nodes):
         outs = [signals.get(o) for o in node.outputs]
         if any(s is not None for s in outs):
@@ -154,13 +170,7 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
         for name in last.get(node.name, ()):
             if name not in keep:
                 ctx.release(name)
-    if below:
-        signals = _merge(signals, run_lowered(ctx, below, {k: v for k, v in signals.items() if k in boundary}, keep,
-                                              reach), boundary)
-        for name in (t for n in below for t in (*n.inputs, *n.outputs) if t and t not in keep):
-            if release:
-                ctx.release(name)
-    return {k: v for k, v in signals.items() if k in keep}
+    return signals
 
 
 def _merge(upper: dict[str, Any], lower: dict[str, Any], boundary: set[str]) -> dict[str, Any]:

@@ -99,3 +99,21 @@ def test_one_session_serves_every_chunk_size(make_model):
         ref = rules.explain(x, target=1, method="eb")
         close(ex.explain(x, target=1, method="eb").signal, ref.signal)
     assert built.count(True) == 1
+
+
+def test_a_graph_onnxruntime_refuses_falls_back_to_the_rules(make_model):
+    """Where onnxruntime cannot build the lowered graph, the rules walk those nodes: the same signal, no error."""
+    model = conv_stack(make_model)
+    x = RNG.uniform(0, 1, (2, 2, 6, 6)).astype(np.float32)
+    ex = Explainer(model, threads=1)
+    session = ex.kernels.session
+
+    def refuse(model, weights=None, whole=False):
+        if whole:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : refused")
+        return session(model, weights, whole)
+
+    ex.kernels.session = refuse
+    got = ex.explain(x, target=3, method="ceb")
+    close(got.signal, Explainer(model, lowering=False).explain(x, target=3, method="ceb").signal)
+    assert not ex.kernels.holds("lowered")
