@@ -89,7 +89,23 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
     recorded = graph.metadata_json("ebr_onnx.map_layer")
     if recorded:
         report["recommended_map_layer"] = recorded
+    report["lowered_on_cpu"] = _lowered_run(ex, path)
     return report
+
+
+def _lowered_run(ex: Explainer, path: list) -> dict[str, Any] | None:
+    """The bottom run of the walk to the input that the CPU runs as one onnxruntime graph (EB mode), if any."""
+    from .lowering import split_lowered
+    from .walk import RuleContext
+
+    shapes = {k: v for k, v in ex.graph.shapes.items() if v is not None}
+    ctx = RuleContext(ex.graph, ex.xp, "eb", {}, shapes, ex.signal, dtype=ex.dtype, kernels=ex.kernels,
+                      options={"add_rule": ex.add_rule, "lowering": ex.lowering})
+    try:
+        below, _ = split_lowered(ctx, path)
+    except KeyError:  # a shape onnx could not infer: the walk decides on the concrete shapes
+        return None
+    return {"nodes": len(below), "first": below[0].name, "last": below[-1].name} if below else None
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -127,4 +143,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("candidate map layers (last 8): " + ", ".join(f"{m['tensor']} {m['shape']}" for m in layers))
     if "recommended_map_layer" in report:
         lines.append(f"recommended map layer: {report['recommended_map_layer']}")
+    lowered = report["lowered_on_cpu"]
+    lines.append(f"run as one onnxruntime graph on the CPU: {lowered['nodes']} nodes, {lowered['first']} … "
+                 f"{lowered['last']}" if lowered else "run as one onnxruntime graph on the CPU: none (rule by rule)")
     return "\n".join(lines)

@@ -21,6 +21,9 @@ def test_bundled_model_report():
     assert any(m["tensor"] == "relu3" for m in report["map_layers"])
     text = format_report(report)
     assert "RNN→CNN boundary: features" in text and "every op on the signal path has EB and gradient rules" in text
+    assert report["lowered_on_cpu"] == {"nodes": 10, "first": "conv1", "last": "flatten"}
+    assert "run as one onnxruntime graph on the CPU: 10 nodes, conv1 … flatten" in text
+    assert Explainer(BUNDLED_MODEL, lowering=False).summary()["lowered_on_cpu"] is None
 
 
 def test_loop_model_reports_unrolled_loop_and_cells():
@@ -38,3 +41,4 @@ def test_cnn_without_recurrence(tiny_cnn):
     assert report["recurrences"] == [] and report["boundary"] is None
     assert "no recurrent part" in format_report(report)
     assert report["classifier"] == "fc"
+    assert report["lowered_on_cpu"] == {"nodes": 3, "first": "conv", "last": "flat"}  # up to the MatMul
