@@ -318,8 +318,7 @@ def test_max_pool(case, lowered, make_model, backprop):
     for mode in ("eb", "grad"):
         got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
         close(got["x"], ref.reshape(x.shape))
-        disjoint = all(s >= k for s, k in zip(c["attrs"].get("strides", [1, 1]), c["attrs"]["kernel_shape"]))
-        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == (lowered and disjoint and x.ndim == 4)
+        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == lowered
 
 
 def test_max_pool_indices_output_takes_no_signal(make_model, backprop):
@@ -687,8 +686,12 @@ ROUTING_CASES = {
 }
 
 
+LOWERED_ROUTING = ("Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat")
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("case", list(ROUTING_CASES))
-def test_routing(case, make_model, backprop):
+def test_routing(case, lowered, make_model, backprop):
     nodes, shape, inits, opset = ROUTING_CASES[case]
     model = make_model(nodes, {"x": list(shape)}, ["y"], inits, opset=opset)
     x = f32(*shape, low=-1)
@@ -696,7 +699,9 @@ def test_routing(case, make_model, backprop):
     p = RNG.uniform(-1, 1, y.shape)
     ref = routed(model, {"x": x}, "x", {"y": p})
     for mode in ("eb", "grad"):
-        close(backprop(model, {"x": x}, p, mode)[0]["x"], ref)
+        got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
+        close(got["x"], ref)
+        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == (lowered and nodes[0].op_type in LOWERED_ROUTING)
 
 
 SPLIT_CASES = {

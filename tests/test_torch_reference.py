@@ -138,6 +138,7 @@ class ResNetLike(nn.Module):
         super().__init__()
         self.ops = Plain()
         self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)  # overlapping windows, as ResNet's stem
         self.c1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.c3, self.down = nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.Conv2d(8, 12, 1, stride=2)
@@ -150,7 +151,7 @@ class ResNetLike(nn.Module):
 
     def forward(self, x):
         ops = self.ops
-        h = F.relu(ops.layer(self.bn0, ops.layer(self.stem, x)))
+        h = self.pool(F.relu(ops.layer(self.bn0, ops.layer(self.stem, x))))
         r = F.relu(ops.layer(self.bn1, ops.layer(self.c1, h)))
         h = ops.add(F.relu(ops.layer(self.bn2, ops.layer(self.c2, r))), h)
         h = ops.add(F.relu(ops.layer(self.c3, h)), F.relu(ops.layer(self.down, h)))
@@ -239,7 +240,11 @@ def test_vgg_like(vgg, method, dtype):
 def test_resnet_like(resnet, method, folded, dtype):
     model, x, proto_folded, proto_bn = resnet
     proto = proto_folded if folded else proto_bn
-    r = Explainer(proto, dtype=dtype).explain(x.numpy(), target=[1, 4], method=method)
+    ex = Explainer(proto, dtype=dtype)
+    r = ex.explain(x.numpy(), target=[1, 4], method=method)
+    lowered = ex.summary()["lowered_on_cpu"]  # of EB: the whole convolutional part, overlapping max pool included
+    assert (lowered is not None and ex.graph.node_by_name[lowered["last"]].op_type == "Flatten") == (dtype == np.float32)
+    assert ex.kernels.holds("lowered") == (dtype == np.float32)
     reference_model = _folded(model) if folded and method == "eb" else model
     ops = Plain() if method == "grad" else Excitation()
     ref = np.concatenate([torch_signal(reference_model, x[i:i + 1], t, ops) for i, t in enumerate([1, 4])])

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from ..graph import Node
 from ..kernels import transpose_as_node
@@ -86,24 +87,38 @@ def relu(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
     return [Lowered(b.op("Mul", [p.name, mask]), scaled=True)]
 
 
-def _disjoint_max_pool(node: Node, ctx) -> bool:
-    kernel = list(node.attr("kernel_shape", []))
-    strides = list(node.attr("strides", [1] * len(kernel)))
-    return (len(ctx.shape(node.inputs[0])) == 4 and len(kernel) == 2 and all(s >= k for s, k in zip(strides, kernel))
-            and all(d == 1 for d in node.attr("dilations", [1, 1])) and int(node.attr("storage_order", 0)) == 0)
+def _row_major_max_pool(node: Node, ctx) -> bool:
+    return len(ctx.shape(node.inputs[0])) in (3, 4) and int(node.attr("storage_order", 0)) == 0
 
 
-@lowering("MaxPool", applies=_disjoint_max_pool)
+def _disjoint(node: Node) -> bool:
+    kernel = list(node.attr("kernel_shape"))
+    strides, dilations = node.attr("strides", [1] * len(kernel)), node.attr("dilations", [1] * len(kernel))
+    return len(kernel) == 2 and all(d == 1 for d in dilations) and all(s >= k for s, k in zip(strides, kernel))
+
+
+@lowering("MaxPool", applies=_row_major_max_pool)
 def max_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
-    """``p'_i = Σ_w p_w [i = first argmax of w]``: onnxruntime's MaxPool indices (first maximum) and MaxUnpool
-    (windows that do not overlap: each input position is in one window at most)."""
-    ctx = b.ctx
+    """``p'_i = Σ_w p_w [i = first argmax of w]`` (the rule :func:`ebr_onnx.rules.pooling.max_pool`): the indices of
+    onnxruntime's MaxPool (the node's own attributes; the first maximum wins), then MaxUnpool where 2-D windows do not
+    overlap, else a scatter that adds (an input position may be the maximum of several windows)."""
+    ctx, p = b.ctx, signals[0]
     x_name = node.inputs[0]
-    geo = ConvGeometry(node, ctx.shape(x_name), (1, 1, *node.attr("kernel_shape")))
-    attrs = {"kernel_shape": geo.kernel, "strides": geo.strides, "pads": geo.pads}
-    _, indices = b.op("MaxPool", [b.value(x_name)], outputs=2, ceil_mode=int(node.attr("ceil_mode", 0)), **attrs)
-    p = signals[0]
-    return [Lowered(b.op("MaxUnpool", [p.name, indices, b.shape_of(x_name)], **attrs), p.scaled)]
+    attrs = {k: v for k, v in node.attrs.items() if k in ("kernel_shape", "strides", "pads", "dilations", "auto_pad",
+                                                          "ceil_mode")}
+    x = b.value(x_name)
+    _, indices = b.op("MaxPool", [x], outputs=2, **attrs)
+    if _disjoint(node):
+        geo = ConvGeometry(node, ctx.shape(x_name), (1, 1, *node.attr("kernel_shape")))
+        unpool = {"kernel_shape": geo.kernel, "strides": geo.strides, "pads": geo.pads}
+        return [Lowered(b.op("MaxUnpool", [p.name, indices, b.shape_of(x_name)], **unpool), p.scaled)]
+    flat = b.constant(np.asarray([-1], np.int64), "shape")
+    zeros = b.op("ConstantOfShape", [b.op("Reshape", [b.op("Size", [x]), b.constant(np.asarray([1], np.int64),
+                                                                                      "shape")])],
+                 value=helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [0.0]))
+    routed = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat]), b.op("Reshape", [p.name, flat])],
+                  axis=0, reduction="add")
+    return [Lowered(b.op("Reshape", [routed, b.shape_of(x_name)]), p.scaled)]
 
 
 def _global_pool(node: Node, ctx) -> bool:
@@ -149,6 +164,25 @@ def add(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[
     present = [c for c in parts if c is not None]
     q = b.divide_or_zero(p.name, present[0] if len(present) == 1 else b.op("Sum", present))
     return [None if c is None else Lowered(b.op("Mul", [c, q]), scaled=True) for c in parts]
+
+
+@lowering("Concat")
+def concat(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """Each input receives the part of ``p`` at its position along ``axis`` (the rule
+    :func:`ebr_onnx.rules.routing.concat`)."""
+    ctx, p = b.ctx, signals[0]
+    rank = len(ctx.shape(node.outputs[0]))
+    axis = int(node.attr("axis")) % rank
+    out, start = [], 0
+    for name in node.inputs:
+        size = int(ctx.shape(name)[axis])
+        if ctx.is_signal(name):
+            bounds = [b.constant(np.asarray([v], np.int64), "index") for v in (start, start + size, axis)]
+            out.append(Lowered(b.op("Slice", [p.name, *bounds]), p.scaled))
+        else:
+            out.append(None)
+        start += size
+    return out
 
 
 @lowering(["Identity", "Dropout"])
