@@ -462,27 +462,29 @@ def test_smooth_activations(case, make_model, backprop):
     assert any(f"act_{case}" in w for w in ctx.warnings)
 
 
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("mode", ["eb", "grad"])
-def test_batch_normalization(mode, make_model, backprop):
+def test_batch_normalization(mode, lowered, make_model, backprop):
     x = f32(2, 3, 4, 4, low=-1)
     stats = {"g": f32(3, low=-2, high=2), "be": f32(3), "mu": f32(3), "var": f32(3, low=0.5, high=2)}
     model = make_model([helper.make_node("BatchNormalization", ["x", "g", "be", "mu", "var"], ["y"], epsilon=1e-3)],
                        {"x": list(x.shape)}, ["y"], stats)
     p = RNG.uniform(-1, 1, x.shape)
     ref = p if mode == "eb" else finite_difference(model, {"x": x}, "x", p)
-    close(backprop(model, {"x": x}, p, mode)[0]["x"], ref)
+    close(backprop(model, {"x": x}, p, mode, lowered=lowered)[0]["x"], ref)
 
 
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("size", [3, 5])
 @pytest.mark.parametrize("mode", ["eb", "grad"])
-def test_lrn(mode, size, make_model, backprop):
+def test_lrn(mode, size, lowered, make_model, backprop):
     x = f32(1, 6, 3, 3, low=-2, high=2)
     model = make_model([helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.5, beta=0.75, bias=1.5)],
                        {"x": list(x.shape)}, ["y"])
     close(_lrn(x.astype(np.float64), size), forward(model, {"x": x})[0].astype(np.float64))
     p = RNG.uniform(-1, 1, x.shape)
     ref = p if mode == "eb" else finite_difference(model, {"x": x}, "x", p, fn=lambda v: _lrn(v, size))
-    close(backprop(model, {"x": x}, p, mode)[0]["x"], ref)
+    close(backprop(model, {"x": x}, p, mode, lowered=lowered)[0]["x"], ref)
 
 
 # -- Add / Sub / Mul / Div ----------------------------------------------------------------------------------------

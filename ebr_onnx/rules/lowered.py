@@ -198,7 +198,26 @@ def reshape_like(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None])
     return [Lowered(b.op("Reshape", [p.name, b.shape_of(node.inputs[0])]), p.scaled)] + [None] * (len(node.inputs) - 1)
 
 
-@lowering("BatchNormalization", modes=("eb",))
-def batch_norm(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+@lowering(["BatchNormalization", "LRN"], modes=("eb",))
+def normalisation(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
     """``p' = p`` (pass-through, as the release: spec §2.4)."""
     return [Lowered(signals[0].name)] + [None] * (len(node.inputs) - 1)
+
+
+def _inference_batch_norm(node: Node, ctx) -> bool:
+    return not int(node.attr("training_mode", 0)) and all(ctx.graph.is_constant(t) for t in node.inputs[1:5])
+
+
+@lowering("BatchNormalization", modes=("grad",), applies=_inference_batch_norm)
+def batch_norm_grad(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """``p' = p ⊙ γ / √(var + ε)`` per channel (the rule :func:`ebr_onnx.rules.elementwise.batch_norm_grad`)."""
+    ctx = b.ctx
+    rank = len(ctx.shape(node.inputs[0]))
+
+    def scale() -> np.ndarray:
+        gamma, var = (np.asarray(ctx.graph.constant(node.inputs[k]), np.float64) for k in (1, 4))
+        return (gamma / np.sqrt(var + float(node.attr("epsilon", 1e-5)))).astype(np.float32).reshape(
+            (1, -1) + (1,) * (rank - 2))
+
+    factor = b.weight(f"{node.name}:bn_scale:{rank}", scale)
+    return [Lowered(b.op("Mul", [signals[0].name, factor]))] + [None] * (len(node.inputs) - 1)
