@@ -117,3 +117,30 @@ def test_a_graph_onnxruntime_refuses_falls_back_to_the_rules(make_model):
     got = ex.explain(x, target=3, method="ceb")
     close(got.signal, Explainer(model, lowering=False).explain(x, target=3, method="ceb").signal)
     assert not ex.kernels.holds("lowered")
+
+
+@pytest.mark.parametrize("method", ["eb", "ceb", "grad"])
+def test_examples_run_in_slices(method, make_model, monkeypatch):
+    """One example per run of the lowered graph: the signals of the whole batch, the same warnings."""
+    import ebr_onnx.lowering as lowering
+
+    monkeypatch.setattr(lowering, "SLICE_BYTES", 1)
+    model = conv_stack(make_model)
+    x = RNG.uniform(-1, 1, (3, 2, 6, 6)).astype(np.float32)
+    x[1] = np.abs(x[1])  # the minimum is negative in some slices only
+    ex = Explainer(model, threads=1)
+    runs = []
+    session = ex.kernels.session
+
+    def counted(model, weights=None, whole=False):
+        built = session(model, weights, whole)
+        if whole:
+            run = built.run
+            built.run = lambda *a, **k: runs.append(1) or run(*a, **k)
+        return built
+
+    ex.kernels.session = counted
+    got = ex.explain(x, target=[0, 2, 4], method=method)
+    ref = Explainer(model, lowering=False).explain(x, target=[0, 2, 4], method=method)
+    close(got.signal, ref.signal)
+    assert got.warnings == ref.warnings and len(runs) == 3

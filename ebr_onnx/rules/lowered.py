@@ -177,6 +177,7 @@ def concat(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> li
     for name in node.inputs:
         size = int(ctx.shape(name)[axis])
         if ctx.is_signal(name):
+            b.per_example &= axis != 0
             bounds = [b.constant(np.asarray([v], np.int64), "index") for v in (start, start + size, axis)]
             out.append(Lowered(b.op("Slice", [p.name, *bounds]), p.scaled))
         else:
