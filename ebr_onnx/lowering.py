@@ -7,12 +7,15 @@ run of nodes at the bottom of the walk whose ops all have a *lowering* (Conv, Re
 BatchNormalization …) is written out as the ONNX graph of its backward rules, and onnxruntime runs it in one call:
 the captured activations and the signals at its top are its inputs, the signals at the walk's ``keep`` tensors its
 outputs. The upper part (classifiers, recurrent cells, anything without a lowering) runs rule by rule as before.
+The graph runs on slices of a few examples (its working set grows with the slice; the speed does not), and where
+onnxruntime refuses it, the walk falls back to the rules.
 
 Each lowering is a small function per op type, registered with :func:`lowering`, that emits the same equation as
 the op's rule in :mod:`ebr_onnx.rules`; the tests hold every lowered walk to the rule-by-rule walk.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -129,7 +132,8 @@ class GraphBuilder:
         return key
 
     def constant(self, array: np.ndarray, hint: str = "const") -> str:
-        key = f"{hint}:{array.dtype}:{array.tolist()}" if array.size <= 16 else f"{hint}:{id(array)}"
+        content = array.tolist() if array.size <= 16 else hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+        key = f"{hint}:{array.dtype}:{array.shape}:{content}"
         return self.weight(key, lambda: array)
 
     def shape_of(self, name: str) -> str:
