@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import build_in_child, child, eb_convolutions, measure, ort_forward, parser, run_child  # noqa: E402
+from common import build_in_child, child, measure, parser, run_child, shared_case  # noqa: E402
 
 CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 CONV5_1 = "conv5_1"
@@ -73,11 +73,10 @@ def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> 
     import numpy as np
 
     x = np.random.default_rng(1).random((images, 3, 224, 224), dtype=np.float32)
-    if case == "ort":
-        fn = ort_forward(model, {"data": x}, threads)
-    elif case == "floor":
-        fn = eb_convolutions(model, {"data": x}, threads)
-    elif case.startswith(("eb", "ceb")):
+    fn = shared_case(case, model, {"data": x}, threads)
+    if fn is not None:
+        return measure(case, fn, repeats)
+    if case.startswith(("eb", "ceb")):
         from ebr_onnx import Explainer
 
         method, layer = case.split(":")

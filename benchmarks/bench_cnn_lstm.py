@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_cnn import CONV5_1, build_vgg16  # noqa: E402
-from common import build_in_child, child, eb_convolutions, measure, ort_forward, parser, run_child  # noqa: E402
+from common import build_in_child, child, measure, parser, run_child, shared_case  # noqa: E402
 
 HIDDEN, CLASSES = 256, 101
 
@@ -72,11 +72,8 @@ def run_case(case: str, model: str, frames: int, repeats: int, threads: int) -> 
     import numpy as np
 
     x = np.random.default_rng(1).random((frames, 3, 224, 224), dtype=np.float32)
-    if case == "ort":
-        fn = ort_forward(model, {"data": x}, threads)
-    elif case == "floor":
-        fn = eb_convolutions(model, {"data": x}, threads)
-    else:
+    fn = shared_case(case, model, {"data": x}, threads)
+    if fn is None:
         from ebr_onnx import Explainer
 
         method, layer = case.split(":")

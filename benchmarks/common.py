@@ -74,6 +74,16 @@ def eb_convolutions(model: str, feeds: dict, threads: int) -> Callable[[], objec
     return lambda: sess.run(None, data)
 
 
+def shared_case(case: str, model: str, feeds: dict, threads: int) -> Callable[[], object] | None:
+    """The rows every benchmark has: onnxruntime's forward (``ort``) and EB's convolutions alone (``floor``); ``None``
+    for any other case."""
+    if case == "ort":
+        return ort_forward(model, feeds, threads)
+    if case == "floor":
+        return eb_convolutions(model, feeds, threads)
+    return None
+
+
 def run_child(script: str, args: list[str]) -> tuple[float | None, float | None, str]:
     """Run ``script --case …`` in a child process: (seconds, peak MB, note — the last error line when it failed)."""
     proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)

@@ -192,20 +192,11 @@ def run_lowered(ctx, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str]
     from .rules import lowered  # noqa: F401  (registers the lowerings)
     from .rules.linear import warn_negative
 
+    from .walk import propagate
+
     b = GraphBuilder(ctx)
-    signals: dict[str, Lowered] = {name: Lowered(b.seed(name, s)) for name, s in seeds.items()}
-    for node in reversed(nodes):
-        outs = [signals.get(o) for o in node.outputs]
-        if all(s is None for s in outs):
-            continue
-        ins = _LOWERINGS[(node.op_type, ctx.mode)][0](node, b, outs)
-        for o in node.outputs:
-            if o not in keep:
-                signals.pop(o, None)
-        for name, s in zip(node.inputs, ins):
-            if s is None or not ctx.is_signal(name) or (reach is not None and name not in reach):
-                continue
-            signals[name] = b.add(signals[name], s) if name in signals else s
+    signals = propagate(nodes, {name: Lowered(b.seed(name, s)) for name, s in seeds.items()}, keep, reach,
+                        ctx.is_signal, lambda node, outs: _LOWERINGS[(node.op_type, ctx.mode)][0](node, b, outs), b.add)
     wanted = [k for k in sorted(keep) if k in signals]
     outputs = [b.op("Identity", [signals[k].name]) for k in wanted] + [m for _, m in b.minima]
     if not wanted:

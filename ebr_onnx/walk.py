@@ -3,6 +3,7 @@ per node, summing signals where a tensor feeds several consumers (paper Eq. 3 / 
 sum over its parents)."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -153,23 +154,42 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
 
 def _propagate(ctx: RuleContext, nodes: list[Node], signals: dict[str, Any], keep: set[str], reach: set[str] | None,
                last: Mapping[str, list[str]]) -> dict[str, Any]:
-    """The rules of ``nodes`` in reverse order, from ``signals`` (updated in place and returned)."""
+    """The rules of ``nodes`` in reverse order, from ``signals`` (updated in place and returned), releasing each
+    value after its last reader (``last``)."""
+
+    def apply(node: Node, outs: list[Any]) -> list[Any]:
+        ctx.node_index = node.index
+        return choose_rule(node, ctx)(node, ctx, outs)
+
+    def after(node: Node) -> None:
+        for name in last.get(node.name, ()):
+            if name not in keep:
+                ctx.release(name)
+
+    return propagate(nodes, signals, keep, reach, ctx.is_signal, apply, operator.add, after)
+
+
+def propagate(nodes: list[Node], signals: dict[str, Any], keep: set[str], reach: set[str] | None,
+              is_signal: Callable[[str], bool], apply: Callable[[Node, list[Any]], list[Any]],
+              add: Callable[[Any, Any], Any], after: Callable[[Node], None] | None = None) -> dict[str, Any]:
+    """Eq. 3 / Eq. 9 over ``nodes`` in reverse topological order: ``apply(node, outs)`` turns the signals at a node's
+    outputs into those of its inputs, and a tensor read by several consumers receives their sum (``add``). Signals at
+    outputs outside ``keep`` are dropped once consumed, signals sent outside ``reach`` (or to tensors that carry no
+    signal) are dropped; ``after(node)`` runs after each node. ``signals`` is updated in place and returned."""
     for node in reversed(nodes):
         outs = [signals.get(o) for o in node.outputs]
         if any(s is not None for s in outs):
-            ctx.node_index = node.index
-            ins = choose_rule(node, ctx)(node, ctx, outs)
+            ins = apply(node, outs)
             del outs
             for o in node.outputs:
                 if o not in keep:
                     signals.pop(o, None)
             for name, s in zip(node.inputs, ins):
-                if s is None or not ctx.is_signal(name) or (reach is not None and name not in reach):
+                if s is None or not is_signal(name) or (reach is not None and name not in reach):
                     continue
-                signals[name] = signals[name] + s if name in signals else s
-        for name in last.get(node.name, ()):
-            if name not in keep:
-                ctx.release(name)
+                signals[name] = add(signals[name], s) if name in signals else s
+        if after is not None:
+            after(node)
     return signals
 
 
