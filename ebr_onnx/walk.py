@@ -146,8 +146,8 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
             signals = _propagate(ctx, below, signals, keep, reach, last)
         else:
             signals = _merge(signals, lowered, boundary)
-            for name in (t for n in below for t in (*n.inputs, *n.outputs) if t and t not in keep):
-                if release:
+            if release:
+                for name in {t for n in below for t in (*n.inputs, *n.outputs) if t and t not in keep}:
                     ctx.release(name)
     return {k: v for k, v in signals.items() if k in keep}
 
