@@ -57,8 +57,9 @@ def eb_convolutions(model: str, feeds: dict, threads: int) -> Callable[[], objec
         x_shape = tuple(shapes[node.inputs[0]]) if node.inputs[0] in shapes else np.shape(feeds[node.inputs[0]])
         w = np.maximum(graph.constant(node.inputs[1]), 0).astype(np.float32)
         geo = ConvGeometry(node, x_shape, w.shape)
-        op_type, wt, attrs = transpose_as_node(geo, w)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.ascontiguousarray(wt), f"wt{i}")]
+        op_type, weight, attrs = transpose_as_node(geo)
+        inits += [numpy_helper.from_array(w, f"w{i}"),
+                  numpy_helper.from_array(np.ascontiguousarray(weight(w)), f"wt{i}")]
         data[f"x{i}"] = rng.random(x_shape, dtype=np.float32)
         inputs.append(helper.make_tensor_value_info(f"x{i}", onnx.TensorProto.FLOAT, list(x_shape)))
         nodes += [helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"z{i}"], strides=geo.strides, pads=geo.pads,

@@ -113,21 +113,24 @@ class OrtConv:
                          dilations=geo.dilations, group=geo.group)
 
     def _transpose_model(self, which: str) -> onnx.ModelProto:
-        op_type, w, attrs = transpose_as_node(self.geo, weight_part(np, self._weight(), which))
-        return _one_node(op_type, w, **attrs)
+        op_type, weight, attrs = transpose_as_node(self.geo)
+        return _one_node(op_type, weight(weight_part(np, self._weight(), which)), **attrs)
 
 
-def transpose_as_node(geo: ConvGeometry, w: np.ndarray) -> tuple[str, np.ndarray, dict[str, Any]]:
-    """``fᵀ(q, W)`` of a 2-D convolution as one ONNX node: (op type, its weight, its attributes) — a ``Conv`` by the
-    flipped, channel-swapped weight where the convolution has unit strides, a ``ConvTranspose`` otherwise."""
+def transpose_as_node(geo: ConvGeometry) -> tuple[str, Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """``fᵀ(q, W)`` of a 2-D convolution as one ONNX node: (op type, how its weight is made from W, its attributes) —
+    a ``Conv`` by the flipped, channel-swapped weight where the convolution has unit strides, a ``ConvTranspose`` by
+    W itself otherwise."""
     reach = [(k - 1) * d for k, d in zip(geo.kernel, geo.dilations)]
     pads = [reach[0] - geo.pads[0], reach[1] - geo.pads[1], reach[0] - geo.pads[2], reach[1] - geo.pads[3]]
     if geo.strides == [1, 1] and min(pads) >= 0:
-        return "Conv", _flipped(w, geo.group), {"pads": pads, "dilations": geo.dilations, "group": geo.group}
+        return ("Conv", lambda w: _flipped(w, geo.group),
+                {"pads": pads, "dilations": geo.dilations, "group": geo.group})
     covered = [(o - 1) * s + r + 1 - geo.pads[a] - geo.pads[a + 2]
                for a, (o, s, r) in enumerate(zip(geo.out, geo.strides, reach))]
-    return "ConvTranspose", w, {"strides": geo.strides, "pads": geo.pads, "dilations": geo.dilations,
-                                "group": geo.group, "output_padding": [n - c for n, c in zip(geo.size, covered)]}
+    return "ConvTranspose", lambda w: w, {"strides": geo.strides, "pads": geo.pads, "dilations": geo.dilations,
+                                          "group": geo.group,
+                                          "output_padding": [n - c for n, c in zip(geo.size, covered)]}
 
 
 def conv_kernel(ctx, node, geo: ConvGeometry) -> OrtConv | None:

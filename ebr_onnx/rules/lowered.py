@@ -54,9 +54,8 @@ def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
         return b.op("Conv", [x, b.weight(f"{w_name}:{which}", lambda: part(which))], **attrs)
 
     def transpose(q: str, which: str) -> str:
-        op_type, _, t_attrs = transpose_as_node(geo, part("all"))
-        w = b.weight(f"{w_name}:{which}:T", lambda: transpose_as_node(geo, part(which))[1])
-        return b.op(op_type, [q, w], **t_attrs)
+        op_type, weight, t_attrs = transpose_as_node(geo)
+        return b.op(op_type, [q, b.weight(f"{w_name}:{which}:T", lambda: weight(part(which)))], **t_attrs)
 
     p = signals[0].name
     if ctx.mode == "grad":
