@@ -132,7 +132,9 @@ class GraphBuilder:
         return key
 
     def constant(self, array: np.ndarray, hint: str = "const") -> str:
-        content = array.tolist() if array.size <= 16 else hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+        """A constant of the graph, named by its content (so that the graph's key identifies it)."""
+        small = array.size <= 16
+        content = array.tolist() if small else hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
         key = f"{hint}:{array.dtype}:{array.shape}:{content}"
         return self.weight(key, lambda: array)
 
