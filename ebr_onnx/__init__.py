@@ -1,6 +1,6 @@
 """ebr_onnx: Excitation Backprop for RNNs (Bargal et al., CVPR 2018) on ONNX models from any framework."""
 from . import rules  # noqa: F401  (registers the op rules)
-from .errors import EbrError, UnsupportedOpError
+from .core.errors import EbrError, UnsupportedOpError
 from .explainer import METHODS, ExplainResult, Explainer
 
 __all__ = ["EbrError", "ExplainResult", "Explainer", "METHODS", "UnsupportedOpError"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import EbrError
+from .core.errors import EbrError
 from .explainer import METHODS
 
 EXIT_USER_ERROR = 2

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import EbrError
-from .graph import ModelGraph
+from .core.errors import EbrError
+from .core.graph import ModelGraph
 from .metrics import temporal_iou
 from .pipeline import GroundOptions, ground
 from .synthetic import CLASS_NAMES, make_concatenated

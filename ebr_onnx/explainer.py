@@ -21,13 +21,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .backend import array_module, to_numpy
-from .errors import EbrError
-from .forward import ForwardRunner
-from .graph import ModelGraph, Node, load_onnx
-from .kernels import KernelCache, blas_threads
+from .core.backend import array_module, to_numpy
+from .core.errors import EbrError
+from .core.forward import ForwardRunner
+from .core.graph import ModelGraph, Node, load_onnx
+from .core.kernels import KernelCache, blas_threads
 from .unroll import has_loops, unroll_loops
-from .walk import RuleContext, required_values, walk
+from .core.context import RuleContext
+from .core.options import RuleOptions
+from .core.walk import required_values, walk
+from .lowering import Lowering
 
 CNN_METHODS = ("eb", "ceb", "grad", "grad_x_input")
 RECURRENT_METHODS = ("ebr", "cebr", "gradr")
@@ -222,9 +225,10 @@ class Explainer:
 
     def context(self, mode: str, values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], **kw: Any
                 ) -> RuleContext:
-        options = {"add_rule": self.add_rule, "lowering": self.lowering, **kw.pop("options", {})}
+        options = RuleOptions(self.add_rule, kw.pop("recurrent_rules", "caffe"), self.lowering)
         return RuleContext(self.graph, self.xp, mode, values, shapes, self.signal, dtype=self.dtype,
-                           options=options, kernels=self.kernels, **kw)
+                           options=options, kernels=self.kernels,
+                           lowerer=Lowering() if self.kernels is not None else None, **kw)
 
     def prior(self, logits: np.ndarray, targets: Sequence[int], prior: np.ndarray | None) -> np.ndarray:
         """The top signal: a one-hot on each example's target logit (over a spatial map: the release's spatial

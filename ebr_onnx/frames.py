@@ -27,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import EbrError
-from .graph import VALUE_FREE_OPS, ModelGraph, Node
+from .core.errors import EbrError
+from .core.graph import VALUE_FREE_OPS, ModelGraph, Node
 
 #: Ops whose output has the same axes as their (first) signal input.
 _SAME_AXES = frozenset({

@@ -9,9 +9,9 @@ from typing import Any
 
 import onnx
 
-from .errors import EbrError
+from .core.errors import EbrError
 from .explainer import Explainer
-from .rules import registry
+from .core import registry
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 MAP_LAYER_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "BatchNormalization")
@@ -95,14 +95,10 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
 
 def _lowered_run(ex: Explainer, path: list) -> dict[str, Any] | None:
     """The bottom run of the walk to the input that the CPU runs as one onnxruntime graph (EB mode), if any."""
-    from .lowering import split_lowered
-    from .walk import RuleContext
-
     shapes = {k: v for k, v in ex.graph.shapes.items() if v is not None}
-    ctx = RuleContext(ex.graph, ex.xp, "eb", {}, shapes, ex.signal, dtype=ex.dtype, kernels=ex.kernels,
-                      options={"add_rule": ex.add_rule, "lowering": ex.lowering})
+    ctx = ex.context("eb", {}, shapes)
     try:
-        below, _ = split_lowered(ctx, path)
+        below, _ = ctx.lowerer.split(ctx, path) if ctx.lowerer is not None else ([], path)
     except KeyError:  # a shape onnx could not infer: the walk decides on the concrete shapes
         return None
     return {"nodes": len(below), "first": below[0].name, "last": below[-1].name} if below else None

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import EbrError
+from .core.errors import EbrError
 from .explainer import RECURRENT_METHODS, Explainer
 from .localize import peaks_to_frame_coords, spatial_peaks, temporal_segment
 from .outputs import progress, write_results

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .backend import to_numpy
-from .errors import EbrError
-from .forward import ForwardRunner
+from .core.backend import to_numpy
+from .core.errors import EbrError
+from .core.forward import ForwardRunner
 from .frames import UNTRACED, FrameLayout, UntracedLayer, frame_layout, input_time_axis, trace_time_axis
-from .graph import VALUE_FREE_OPS, ModelGraph, Node
-from .rules.recurrent import RULE_SETS
-from .walk import walk
+from .core.graph import VALUE_FREE_OPS, ModelGraph, Node
+from .core.options import RuleOptions
+from .core.walk import walk
 
 if TYPE_CHECKING:
     from .explainer import ExplainResult, Explainer
@@ -243,8 +243,7 @@ def explain_recurrent(
     """
     from .explainer import ExplainResult, check_finite
 
-    if recurrent_rules not in RULE_SETS:
-        raise EbrError(f"recurrent_rules {recurrent_rules!r} is not one of: {', '.join(RULE_SETS)}")
+    RuleOptions(recurrent_rules=recurrent_rules)
     graph, xp = explainer.graph, explainer.xp
     mode = "grad" if method == "gradr" else "eb"
     logits = explainer.logits_tensor(output)
@@ -274,11 +273,11 @@ def explain_recurrent(
 
     # 2. the RNN backward, the dual pass and the time normalisation
     warns: list[str] = []
-    options = {"recurrent_rules": recurrent_rules}
     reach = graph.signal_tensors([p.boundary])
 
     def rnn_pass(negated: frozenset[str]) -> np.ndarray:
-        ctx = explainer.context(mode, values, shapes, negated=negated, overrides=overrides, options=options)
+        ctx = explainer.context(mode, values, shapes, negated=negated, overrides=overrides,
+                                recurrent_rules=recurrent_rules)
         got = walk(ctx, p.rnn_nodes, {logits: xp.asarray(top)}, keep={p.boundary}, reach=reach).get(p.boundary)
         warns.extend(ctx.warnings)
         return np.zeros(ctx.shape(p.boundary), explainer.dtype) if got is None else to_numpy(got)

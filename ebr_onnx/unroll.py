@@ -27,8 +27,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .errors import EbrError
-from .graph import ModelGraph
+from .core.errors import EbrError
+from .core.graph import ModelGraph
 
 RECURRENT_CONTROL_OPS = frozenset({"Loop", "Scan"})
 #: A ``Loop`` without a trip count must stop by its condition within this many steps.

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx.cells import cell_needs, cell_overrides, find_cells
 from ebr_onnx.explainer import Explainer
-from ebr_onnx.walk import walk
+from ebr_onnx.core.walk import walk
 
 OPSET = 17
 
@@ -197,7 +197,7 @@ def walk_to(model: onnx.ModelProto, frames: np.ndarray, layer: str, mode: str, r
     feeds = ex.feeds({ex.input_name: frames})  # with the defaults of other inputs (clip markers)
     shapes = ex.shapes_for(feeds)
     values = ex.runner.run(feeds, ex.capture_plan(nodes, mode, shapes, [logits], overrides_needs=hook))
-    ctx = ex.context(mode, values, shapes, overrides=overrides, options={"recurrent_rules": rules or "caffe"},
+    ctx = ex.context(mode, values, shapes, overrides=overrides, recurrent_rules=rules or "caffe",
                      negated=frozenset({classifier}) if negate else frozenset())
     top = np.zeros_like(values[logits])
     top[step, ..., target] = 1

@@ -8,10 +8,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ebr_onnx.forward import ForwardRunner
-from ebr_onnx.graph import ModelGraph
-from ebr_onnx.kernels import KernelCache
-from ebr_onnx.walk import RuleContext, required_values, walk
+from ebr_onnx.core.forward import ForwardRunner
+from ebr_onnx.core.graph import ModelGraph
+from ebr_onnx.core.kernels import KernelCache
+from ebr_onnx.core.context import RuleContext
+from ebr_onnx.core.options import RuleOptions
+from ebr_onnx.core.walk import required_values, walk
+from ebr_onnx.lowering import Lowering
 
 
 def build_model(nodes: list[onnx.NodeProto], inputs: dict[str, list], outputs: list[str],
@@ -45,7 +48,8 @@ def run_backprop(model: onnx.ModelProto, feeds: dict[str, np.ndarray], seed: np.
     values = ForwardRunner(graph).run(feeds, wanted)
     dtype = np.float32 if lowered else np.float64
     ctx = RuleContext(graph, np, mode, values, shapes, graph.signal_tensors(sources), dtype=dtype,
-                      options={"add_rule": "proportional", **options}, kernels=KernelCache() if lowered else None)
+                      options=RuleOptions(**options), kernels=KernelCache() if lowered else None,
+                      lowerer=Lowering() if lowered else None)
     got = walk(ctx, nodes, {k: np.asarray(v, dtype) for k, v in seeds.items()}, keep=set(sources))
     return {s: got.get(s, np.zeros(np.shape(feeds[s]))) for s in sources}, ctx
 

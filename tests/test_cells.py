@@ -16,9 +16,9 @@ from onnx import helper
 from caffe_nets import input_layer, layer, write_net
 from converters.caffe import convert_caffe
 from ebr_onnx.cells import Cell, GruCell, cell_needs, cell_overrides, find_cells
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.explainer import Explainer
-from ebr_onnx.graph import ModelGraph
+from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.unroll import unroll_loops
 
 from cell_graphs import Weights, fused_gru, fused_lstm, release_pass, unrolled_gru, unrolled_lstm, walk_to
@@ -191,9 +191,11 @@ def test_products_of_gates_without_a_state_update_are_not_cells() -> None:
 
 
 def test_rule_set_names_are_checked(weights: Weights) -> None:
-    graph = ModelGraph(unrolled_lstm(weights, 2))
-    with pytest.raises(EbrError, match="recurrent_rules"):
-        cell_overrides(graph, find_cells(graph), "lrp")
+    """Rule-set names are validated once, where the options are made (the API), before any cell rule is chosen."""
+    ex = Explainer(unrolled_lstm(weights, 2))
+    frames = np.ones((2, 1, weights.w.shape[1]), np.float32)
+    with pytest.raises(EbrError, match="recurrent_rules 'lrp' is not one of: caffe, excitation"):
+        ex.explain(frames, method="ebr", recurrent_rules="lrp")
 
 
 def test_needs_name_what_the_overrides_read(weights: Weights) -> None:

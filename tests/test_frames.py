@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.frames import UNTRACED, FrameLayout, frame_layout, input_time_axis, trace_time_axis
-from ebr_onnx.graph import ModelGraph
+from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.unroll import unroll_loops
 
 ort = pytest.importorskip("onnxruntime")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ebr_onnx import EbrError, Explainer
-from ebr_onnx.backend import array_module
+from ebr_onnx.core.backend import array_module
 from ebr_onnx.demo import BUNDLED_MODEL
 
 

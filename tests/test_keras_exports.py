@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx import Explainer
 from ebr_onnx.frames import frame_layout
-from ebr_onnx.graph import ModelGraph
+from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.temporal import dual_nodes
 from ebr_onnx.unroll import has_loops, unroll_loops
 

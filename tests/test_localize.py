@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.localize import (
     best_window,
     peaks_to_frame_coords,

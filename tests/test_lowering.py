@@ -122,7 +122,7 @@ def test_a_graph_onnxruntime_refuses_falls_back_to_the_rules(make_model):
 @pytest.mark.parametrize("method", ["eb", "ceb", "grad"])
 def test_examples_run_in_slices(method, make_model, monkeypatch):
     """One example per run of the lowered graph: the signals of the whole batch, the same warnings."""
-    import ebr_onnx.lowering as lowering
+    import ebr_onnx.lowering.run as lowering
 
     monkeypatch.setattr(lowering, "SLICE_BYTES", 1)
     model = conv_stack(make_model)

@@ -1,6 +1,6 @@
 import pytest
 
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.metrics import (
     PointingGame,
     TemporalPointingGame,

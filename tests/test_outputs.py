@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import ebr_onnx.outputs as outputs
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.outputs import atomic_path, progress, write_results
 from ebr_onnx.preprocess import CropBox
 from ebr_onnx.video import VideoSource

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.overlay import evidence_curve_plot, overlay
 from ebr_onnx.preprocess import CropBox
 

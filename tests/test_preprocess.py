@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.preprocess import PRESETS, CropBox, Preprocess, get_preset, preprocess
 
 DEMO = Path("/work/shared/caffe-release/demo-frames/demo1")

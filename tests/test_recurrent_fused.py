@@ -12,8 +12,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from ebr_onnx.graph import ModelGraph
-from ebr_onnx.walk import RuleContext, walk
+from ebr_onnx.core.graph import ModelGraph
+from ebr_onnx.core.context import RuleContext
+from ebr_onnx.core.options import RuleOptions
+from ebr_onnx.core.walk import walk
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
@@ -146,7 +148,7 @@ class Case:
         """The walk through the node: signals at the inputs, and the warnings."""
         signal = {n for n in ("X", "initial_h", "initial_c", "Y", "Y_h", "Y_c")}
         ctx = RuleContext(self.graph, np, "grad" if mode == "grad" else "eb", self.feeds, {}, signal,
-                          dtype=np.float64, options={"recurrent_rules": rules})
+                          dtype=np.float64, options=RuleOptions(recurrent_rules=rules))
         out = walk(ctx, self.graph.nodes, seeds, keep={"X", "initial_h", "initial_c"})
         return out, ctx.warnings
 
@@ -332,7 +334,7 @@ def test_excitation_lstm_gates_take_no_signal():
 
 
 def test_unknown_rule_set_is_an_error():
-    from ebr_onnx.errors import EbrError
+    from ebr_onnx.core.errors import EbrError
 
     case = Case("RNN")
     with pytest.raises(EbrError, match="recurrent_rules"):

@@ -15,8 +15,8 @@ import pytest
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ebr_onnx.forward import ForwardRunner
-from ebr_onnx.graph import ModelGraph
+from ebr_onnx.core.forward import ForwardRunner
+from ebr_onnx.core.graph import ModelGraph
 
 RNG = np.random.default_rng(1234)
 

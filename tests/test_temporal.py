@@ -18,7 +18,7 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx import temporal
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.explainer import Explainer
 
 T, K = 6, 5

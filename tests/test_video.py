@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ebr_onnx.errors import EbrError
+from ebr_onnx.core.errors import EbrError
 from ebr_onnx.video import VideoSource, clips, write_video
 
 DEMO = Path("/work/shared/caffe-release/demo-frames/demo1")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Union
 
-from ..graph import ModelGraph, Node
+from ..core.graph import ModelGraph, Node
 
 #: Ops that move values without changing them, traced through between a gate sum and its gates.
 ROUTING_OPS = frozenset({"Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity"})

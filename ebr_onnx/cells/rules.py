@@ -20,15 +20,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ..errors import EbrError
-from ..graph import ModelGraph, Node
-from ..rules import registry
+from ..core.context import RuleContext
+from ..core.errors import EbrError
+from ..core.graph import ModelGraph, Node
+from ..core import registry
 from ..rules.linear import _unbroadcast
 from ..rules.routing import _ints
-from ..rules.stabilize import safe_divide
+from ..core.numeric import safe_divide
 from .match import AnyCell, Cell, GateSum, GruCell
 
-RULE_SETS = ("caffe", "excitation")
 RuleFn = registry.RuleFn
 NeedsFn = Callable[[Node], "list[str] | None"]
 _CACHE_PREFIX = "ebr_onnx.cells.Z:"
@@ -123,20 +123,18 @@ class _Contribution:
             b = b.T if int(self.node.attr("transB", 0)) else b
         return ctx.xp.matmul(a, b)
 
-    def projected(self, ctx) -> Any:
-        """``f(x, W⁺)`` of the projection, computed once per walk (cached with the walk's derived arrays)."""
-        key = _CACHE_PREFIX + self.node.name
-        cache = ctx._device_cache
-        if key not in cache:
-            xp = ctx.xp
-            scale = float(self.node.attr("alpha", 1.0)) if self.node.op_type == "Gemm" else 1.0
-            w, x = scale * ctx.value(self.node.inputs[self.weight_at]), ctx.value(self.x)
-            if bool((x < 0).any()):
-                cache[key] = self._forward(ctx, xp.maximum(x, 0), xp.maximum(w, 0)) + \
-                    self._forward(ctx, xp.minimum(x, 0), xp.minimum(w, 0))
-            else:
-                cache[key] = self._forward(ctx, x, xp.maximum(w, 0))
-        return cache[key]
+    def projected(self, ctx: RuleContext) -> Any:
+        """``f(x, W⁺)`` of the projection, computed once per walk (with the walk's derived arrays)."""
+        return ctx.derived(_CACHE_PREFIX + self.node.name, lambda: self._project(ctx))
+
+    def _project(self, ctx: RuleContext) -> Any:
+        xp = ctx.xp
+        scale = float(self.node.attr("alpha", 1.0)) if self.node.op_type == "Gemm" else 1.0
+        w, x = scale * ctx.value(self.node.inputs[self.weight_at]), ctx.value(self.x)
+        if bool((x < 0).any()):
+            return self._forward(ctx, xp.maximum(x, 0), xp.maximum(w, 0)) + \
+                self._forward(ctx, xp.minimum(x, 0), xp.minimum(w, 0))
+        return self._forward(ctx, x, xp.maximum(w, 0))
 
     def __call__(self, ctx) -> Any:
         z = self.projected(ctx)
@@ -263,8 +261,6 @@ def _gru_excitation(graph: ModelGraph, cell: GruCell, table: _Table) -> None:
 
 
 def _rule_table(graph: ModelGraph, cells: Sequence[AnyCell], recurrent_rules: str) -> _Table:
-    if recurrent_rules not in RULE_SETS:
-        raise EbrError(f"recurrent_rules {recurrent_rules!r} is not one of: {', '.join(RULE_SETS)}")
     table: _Table = {}
     for cell in cells:
         sums = [cell.gate_sum] if isinstance(cell, Cell) else list(cell.sums.values())

@@ -1,5 +1,3 @@
-"""The op rules, one module per family; importing this package registers them all."""
+"""The op rules, one module per family; importing this package registers them all in
+:mod:`ebr_onnx.core.registry`."""
 from . import activation, elementwise, linear, pooling, recurrent, routing  # noqa: F401
-from .registry import find_rule, rule, supported_ops
-
-__all__ = ["find_rule", "rule", "supported_ops"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..graph import Node
-from .registry import needs_input, needs_inputs, needs_output, rule
+from ..core.graph import Node
+from ..core.registry import needs_input, needs_inputs, needs_output, rule
 
 
 @rule("Relu", needs=needs_output)

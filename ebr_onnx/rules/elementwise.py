@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..errors import EbrError
-from ..graph import Node
+from ..core.errors import EbrError
+from ..core.graph import Node
 from .linear import _unbroadcast, excitation
-from .registry import needs_input, needs_inputs, needs_nothing, needs_output, rule
-from .stabilize import safe_divide, sigmoid
+from ..core.registry import needs_input, needs_inputs, needs_nothing, needs_output, rule
+from ..core.numeric import safe_divide, sigmoid
 
 
 def _to_inputs(ctx, node: Node, per_input: Sequence[Any]) -> list[Any]:
@@ -62,7 +62,7 @@ def add_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     p, mask = signals[0], _signal_mask(ctx, node)
     if sum(mask) < 2:
         return _to_inputs(ctx, node, [p if m else None for m in mask])
-    if ctx.options.get("add_rule") == "caffe":
+    if ctx.options.add_rule == "caffe":
         return _to_inputs(ctx, node, [p if k == 1 else None for k in range(len(mask))])
     parts = [ctx.xp.maximum(ctx.value(t), 0) if m else None for t, m in zip(node.inputs, mask)]
     return _to_inputs(ctx, node, _proportional(ctx, p, parts))

@@ -17,19 +17,20 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
-from ..graph import Node
-from .registry import needs_inputs, rule
-from .stabilize import safe_divide
+import numpy as np
+
+from ..core.context import RuleContext
+from ..core.errors import EbrError
+from ..core.geometry import ConvGeometry, weight_part
+from ..core.graph import Node
+from ..core.kernels import OrtConv
+from ..core.numeric import safe_divide
+from ..core.registry import needs_inputs, rule
 
 Linear = Callable[[Any, Any], Any]
 #: Block size of the output axis (in weight elements) over which a matrix weight's parts are formed: W⁺ of a large
 #: classifier (VGG-16's fc6: 411 MB) is never built whole.
 BLOCK_ELEMENTS = 1 << 22
-
-
-def weight_part(xp, w: Any, which: str) -> Any:
-    """``"all"``: W; ``"pos"``: W⁺ = max(W, 0); ``"neg"``: W⁻ = min(W, 0)."""
-    return w if which == "all" else xp.maximum(w, 0) if which == "pos" else xp.minimum(w, 0)
 
 
 class ArrayLinear:
@@ -128,51 +129,6 @@ def linear_rule(ctx, node: Node, x: Any, p: Any, op) -> Any:
 
 
 # -- Conv -------------------------------------------------------------------------------------------------------------
-class ConvGeometry:
-    """Strides, pads, dilations and groups of an ONNX Conv on NCHW (1-D convs get a unit height)."""
-
-    def __init__(self, node: Node, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> None:
-        spatial = len(x_shape) - 2
-        if spatial not in (1, 2):
-            raise_unsupported_conv(node, spatial)
-        kernel = list(w_shape[2:])
-        strides = list(node.attr("strides", [1] * spatial))
-        dilations = list(node.attr("dilations", [1] * spatial))
-        pads = list(node.attr("pads", [0] * (2 * spatial)))
-        auto_pad = node.attr("auto_pad", "NOTSET")
-        size = list(x_shape[2:])
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = [0] * (2 * spatial)
-            for a in range(spatial):
-                out = -(-size[a] // strides[a])
-                total = max(0, (out - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - size[a])
-                small, big = total // 2, total - total // 2
-                pads[a], pads[a + spatial] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-        elif auto_pad == "VALID":
-            pads = [0] * (2 * spatial)
-        if spatial == 1:
-            kernel, strides, dilations, size = [1] + kernel, [1] + strides, [1] + dilations, [1] + size
-            pads = [0, pads[0], 0, pads[1]]
-        self.spatial = spatial
-        self.kernel, self.strides, self.dilations, self.size = kernel, strides, dilations, size
-        self.pads = pads  # top, left, bottom, right
-        self.group = int(node.attr("group", 1))
-        self.out = [
-            (size[a] + pads[a] + pads[a + 2] - (kernel[a] - 1) * dilations[a] - 1) // strides[a] + 1 for a in range(2)
-        ]
-
-    def window(self, i: int, j: int) -> tuple[slice, slice]:
-        """The slice of the padded input that kernel offset (i, j) reads for all output positions."""
-        (sh, sw), (dh, dw), (oh, ow) = self.strides, self.dilations, self.out
-        return (slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
-
-
-def raise_unsupported_conv(node: Node, spatial: int) -> None:
-    from ..errors import EbrError
-
-    raise EbrError(f"Conv node {node.name!r} is {spatial}-D; ebr_onnx supports 1-D and 2-D convolutions")
-
-
 def conv_forward(xp, geo: ConvGeometry, x: Any, w: Any) -> Any:
     """``f(x, W)``: the convolution without bias, as one batched GEMM per kernel offset (shift-and-GEMM)."""
     n, c = x.shape[:2]
@@ -215,13 +171,21 @@ def conv_transpose(xp, geo: ConvGeometry, q: Any, w: Any, c: int) -> Any:
     return out[:, :, top:top + h, left:left + wd]
 
 
-def _conv_op(ctx, node: Node, geo: ConvGeometry, c: int):
-    """The Conv's ``f``/``fᵀ``: a cached onnxruntime kernel where one applies, else the array code above."""
-    from ..kernels import conv_kernel
+def _conv_op(ctx: RuleContext, node: Node, geo: ConvGeometry, c: int) -> OrtConv | ArrayLinear:
+    """The Conv's ``f``/``fᵀ``: a cached onnxruntime kernel where the walk runs on NumPy in float32 with a constant
+    weight, else the array code above."""
+    name = node.inputs[1]
+    if (ctx.kernels is not None and ctx.xp is np and np.dtype(ctx.dtype) == np.float32
+            and ctx.graph.is_constant(name)):
+        negated = node.name in ctx.negated
+        geometry = (tuple(geo.strides), tuple(geo.pads), tuple(geo.dilations), geo.group, tuple(geo.size))
 
-    kernel = conv_kernel(ctx, node, geo)
-    if kernel is not None:
-        return kernel
+        def weight() -> np.ndarray:
+            w = np.asarray(ctx.graph.constant(name), dtype=np.float32)
+            w = -w if negated else w
+            return w[:, :, None, :] if w.ndim == 3 else w
+
+        return OrtConv(ctx.kernels, (name, negated, geometry), geo, weight)
     xp = ctx.xp
     w = ctx.weight(node, 1)
     w2 = w[:, :, None, :] if geo.spatial == 1 else w
@@ -262,8 +226,6 @@ def _matmul_operand_rule(ctx, node: Node, p: Any, a_name: str, b_name: str, scal
         if ctx.mode == "grad":
             a, b = ctx.value(a_name), ctx.value(b_name)
             return (scale * xp.matmul(p, xp.swapaxes(b, -1, -2)), scale * xp.matmul(xp.swapaxes(a, -1, -2), p))
-        from ..errors import EbrError
-
         raise EbrError(
             f"node {node.name!r} ({node.op_type}) multiplies two signal tensors; EB supports products with a constant "
             "operand only (use method='grad' for this model)"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from ..errors import EbrError
-from ..graph import Node
+from ..core.errors import EbrError
+from ..core.graph import Node
 from .linear import ConvGeometry
-from .registry import needs_input, needs_nothing, rule
-from .stabilize import safe_divide
+from ..core.registry import needs_input, needs_nothing, rule
+from ..core.numeric import safe_divide
 
 
 def _geometry(node: Node, ctx, p: Any) -> ConvGeometry:

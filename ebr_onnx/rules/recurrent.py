@@ -9,7 +9,7 @@ cells' ``back`` in the reverse order. Every cell's pre-activation is ``a = xw_t 
 divided by its normaliser), the signal on ``h_{t−1}`` and, for the LSTM, on ``c_{t−1}``; the input projection W is
 applied once for all steps at the end. Y, Y_h and Y_c may all carry signal; so may ``initial_h`` / ``initial_c``.
 
-Rule sets (mode ``"eb"``; ``ctx.options["recurrent_rules"]``):
+Rule sets (mode ``"eb"``; ``ctx.options.recurrent_rules``):
 
 ``"caffe"`` (default) — the authors' release (spec §3.2–3.4, layers ``LSTMUnit``, ``Eltwise``, ``x_transform``):
 
@@ -60,14 +60,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..errors import EbrError
-from ..graph import Node
+from ..core.errors import EbrError
+from ..core.graph import Node
 from .linear import excitation
-from .registry import needs_inputs, rule
-from .stabilize import safe_divide, sigmoid
-
-RULE_SETS = ("caffe", "excitation")
-
+from ..core.registry import needs_inputs, rule
+from ..core.numeric import safe_divide, sigmoid
 
 # -- activations --------------------------------------------------------------------------------------------------
 #: name → (value, derivative by the input, default alpha, default beta); alpha/beta None = takes none.
@@ -328,9 +325,7 @@ def _read(node: Node, ctx) -> _Recurrence:
 def _check_rule_set(node: Node, ctx, rec: _Recurrence) -> str:
     if ctx.mode == "grad":
         return "grad"
-    rules = ctx.options.get("recurrent_rules", "caffe")
-    if rules not in RULE_SETS:
-        raise EbrError(f"recurrent_rules {rules!r} is not one of: {', '.join(RULE_SETS)}")
+    rules = ctx.options.recurrent_rules
     names = {cell.acts[k].name for cell in rec.cells for k in _VALUE_ACTIVATIONS[node.op_type]}
     if names != {"relu"}:
         what = "the gradient of these activations is used inside the unit" if rules == "caffe" else \

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..backend import to_numpy
-from ..graph import Node
+from ..core.backend import to_numpy
+from ..core.graph import Node
 from .linear import _unbroadcast
-from .registry import rule
+from ..core.registry import rule
 
 
 def _none_after_first(node: Node, signal: Any) -> list[Any]:

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from .backend import ort_providers
+from .backend import ort_providers, require_onnxruntime, session_options
 from .errors import EbrError
 from .graph import ModelGraph
 
@@ -27,11 +27,7 @@ class ForwardRunner:
     """Runs the model in onnxruntime and returns the requested tensors (graph outputs or intermediates)."""
 
     def __init__(self, graph: ModelGraph, device: str = "cpu", threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise EbrError("onnxruntime is not installed: pip install -e '.[cpu]' (or '.[gpu]')") from exc
-        self._ort = ort
+        self._ort = require_onnxruntime()
         self.graph = graph
         self.device = device
         self.threads = threads
@@ -39,47 +35,37 @@ class ForwardRunner:
         #: Whether sessions read the weights from the graph's arrays (CPU) instead of holding their own copy.
         self.shares_weights = device == "cpu"
         #: On the CPU a session's arena is handed back after each run (see :meth:`_session`).
-        self._run_options = ort.RunOptions()
+        self._run_options = self._ort.RunOptions()
         if device == "cpu":
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def _session(self, outputs: tuple[str, ...]):
         if outputs in self._sessions:
             return self._sessions[outputs]
-        ort = self._ort
-        model = self.graph.light if self.shares_weights else self.graph.model
+        # Extra outputs go on a copy: the weightless model on the CPU is shared (copied: it holds no weights), and
+        # ModelGraph.model is a fresh copy on every access.
+        model = self.graph.model if not self.shares_weights else self.graph.light
         declared = {o.name for o in model.graph.output}
         extra = [name for name in outputs if name not in declared]
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        options.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if extra else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        )
+        if extra and model is self.graph.light:
+            model = onnx.ModelProto()
+            model.CopyFrom(self.graph.light)
+        model.graph.output.extend(
+            onnx.helper.make_tensor_value_info(name, self.graph.elem_types.get(name) or onnx.TensorProto.FLOAT, None)
+            for name in extra)
         # An arena reuses the buffers of one run (without, each is fresh memory to fault in: VGG-16's capturing
         # forward of 8 frames took 0.70 s instead of 0.63); it is shrunk after each run, so that no session holds
         # its largest buffers during the walk or between calls.
-        options.enable_cpu_mem_arena = True
-        added = 0
+        options = session_options(self.threads, optimize_all=not extra, arena=True)
         try:
-            for name in extra:
-                model.graph.output.append(
-                    onnx.helper.make_tensor_value_info(name, self.graph.elem_types.get(name) or onnx.TensorProto.FLOAT, None)
-                )
-                added += 1
-            payload = model.SerializeToString()
-        finally:
-            for _ in range(added):
-                model.graph.output.pop()
-        try:
-            session = ort.InferenceSession(payload, options, providers=ort_providers(self.device))
+            session = self._ort.InferenceSession(model.SerializeToString(), options,
+                                                 providers=ort_providers(self.device))
         except Exception as exc:
             raise EbrError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
         if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             warnings.warn("onnxruntime has no CUDA provider here: the forward pass runs on the CPU", stacklevel=3)
         self._sessions[outputs] = session
         return session
-
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Forward ``feeds`` and return ``outputs`` by name; inputs and constants among them are returned directly."""
         direct = {name: feeds[name] for name in outputs if name in feeds}

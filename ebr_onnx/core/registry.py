@@ -1,6 +1,6 @@
 """The rule registry: one small function per ONNX op type and mode, registered with ``@rule``.
 
-A rule receives the node (attributes parsed), the walk's :class:`~ebr_onnx.walk.RuleContext` (captured tensors,
+A rule receives the node (attributes parsed), the walk's :class:`~ebr_onnx.core.context.RuleContext` (captured tensors,
 constants, the array module) and the signal at each of the node's outputs (``None`` where none arrived); it returns
 one signal per node input (``None`` for weights, shapes and other inputs that take no signal). Modes:
 
@@ -12,33 +12,30 @@ one signal per node input (``None`` for weights, shapes and other inputs that ta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable
 
-if TYPE_CHECKING:
-    from ..graph import Node
-    from ..walk import RuleContext
+from .context import RuleFn
+from .graph import Node
 
-Signal = Optional[Any]
-RuleFn = Callable[["Node", "RuleContext", Sequence[Signal]], list[Signal]]
-NeedsFn = Callable[["Node"], Iterable[str]]
+NeedsFn = Callable[[Node], Iterable[str]]
 MODES = ("eb", "grad")
 
 
-def needs_nothing(node: "Node") -> list[str]:
+def needs_nothing(node: Node) -> list[str]:
     return []
 
 
-def needs_input(node: "Node") -> list[str]:
+def needs_input(node: Node) -> list[str]:
     """The first input (the data operand of Conv, Gemm, pooling, activations)."""
     return [node.inputs[0]]
 
 
-def needs_inputs(node: "Node") -> list[str]:
+def needs_inputs(node: Node) -> list[str]:
     """All inputs (operands of Add, Mul, Concat …; constants are served without capture)."""
     return [t for t in node.inputs if t]
 
 
-def needs_output(node: "Node") -> list[str]:
+def needs_output(node: Node) -> list[str]:
     return [node.outputs[0]]
 
 

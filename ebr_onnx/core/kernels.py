@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from threadpoolctl import threadpool_limits
 
-from .rules.linear import ConvGeometry, weight_part
+from .backend import OPSET, require_onnxruntime, session_options
+from .geometry import ConvGeometry, weight_part
 
 
 class KernelCache:
@@ -50,20 +52,13 @@ class KernelCache:
         for good) and without the NCHWc layout (its reordered copies of input and output raised the VGG-16 walk's
         peak by ~0.7 GB, for no speed). A ``whole`` lowered walk gets all optimizations, NCHWc included (the layout
         stays between its convolutions), and an arena: it runs on slices of a few frames
-        (:func:`ebr_onnx.lowering.run_lowered`), so the arena stays small (~0.1 GB for VGG-16) and spares every
+        (:meth:`ebr_onnx.lowering.Lowering.run`), so the arena stays small (~0.1 GB for VGG-16) and spares every
         slice after the first the faulting-in of fresh memory (VGG-16, 8 frames: 1.40 → 1.26 s). ``weights`` are
         the arrays of initializers the model declares external: the session reads them in place (and keeps them
         alive).
         """
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.enable_cpu_mem_arena = whole
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if whole
-                                            else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        ort = require_onnxruntime()
+        options = session_options(self.threads, optimize_all=whole, arena=whole, spinning=False)
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (weights or {}).values()]
         if values:
             options.add_external_initializers(list(weights), values)
@@ -77,7 +72,7 @@ def _one_node(op_type: str, w: np.ndarray, **attrs: Any) -> onnx.ModelProto:
     graph = helper.make_graph([node], op_type, [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(np.ascontiguousarray(w), "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
 def _flipped(w: np.ndarray, group: int) -> np.ndarray:
@@ -133,30 +128,10 @@ def transpose_as_node(geo: ConvGeometry) -> tuple[str, Callable[[np.ndarray], np
                                           "output_padding": [n - c for n, c in zip(geo.size, covered)]}
 
 
-def conv_kernel(ctx, node, geo: ConvGeometry) -> OrtConv | None:
-    """The cached onnxruntime operator of a Conv node, where the walk runs on NumPy in float32 with a constant
-    weight (else ``None``: the rules' array code runs)."""
-    cache = getattr(ctx, "kernels", None)
-    name = node.inputs[1]
-    if cache is None or ctx.xp is not np or np.dtype(ctx.dtype) != np.float32 or not ctx.graph.is_constant(name):
-        return None
-    negated = node.name in ctx.negated
-    geometry = (tuple(geo.strides), tuple(geo.pads), tuple(geo.dilations), geo.group, tuple(geo.size))
-
-    def weight() -> np.ndarray:
-        w = np.asarray(ctx.graph.constant(name), dtype=np.float32)
-        w = -w if negated else w
-        return w[:, :, None, :] if w.ndim == 3 else w
-
-    return OrtConv(cache, (name, negated, geometry), geo, weight)
-
-
 def blas_threads(count: int):
     """A context that limits NumPy's BLAS to ``count`` threads (restored after), through threadpoolctl.
 
     OpenBLAS's worker threads busy-wait after each call; between onnxruntime's threads they made the VGG-16 walk
     ~3× slower on a 2-core machine.
     """
-    from threadpoolctl import threadpool_limits
-
     return threadpool_limits(limits=count, user_api="blas")

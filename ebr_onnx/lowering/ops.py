@@ -1,6 +1,7 @@
 """Lowerings: each op's rule written as ONNX nodes (see :mod:`ebr_onnx.lowering`), one function per op type.
 
-Each function receives the node, the :class:`~ebr_onnx.lowering.GraphBuilder` and the signals at the node's outputs,
+Each function receives the node, the :class:`~ebr_onnx.lowering.builder.GraphBuilder` and the signals at the node's
+outputs,
 and returns the signals of its inputs, exactly as its rule in this package does (the equation is the rule's).
 """
 from __future__ import annotations
@@ -11,17 +12,19 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..graph import Node
-from ..kernels import transpose_as_node
-from ..lowering import GraphBuilder, Lowered, lowering
-from .linear import ConvGeometry, weight_part
+from ..core.context import RuleContext
+from ..core.geometry import ConvGeometry, weight_part
+from ..core.graph import Node
+from ..core.kernels import transpose_as_node
+from ..core.numeric import safe_divide
+from .builder import GraphBuilder, Lowered, lowering
 
 #: Ops whose output is non-negative when their (first) input is: a linear rule below them needs no sign check.
 _KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Identity",
                "Dropout", "Squeeze", "Unsqueeze", "Transpose"}
 
 
-def nonnegative(ctx, name: str) -> bool:
+def nonnegative(ctx: RuleContext, name: str) -> bool:
     """Whether ``name`` is ≥ 0 by construction (a ReLU output, or one routed or pooled from it)."""
     node = ctx.graph.producer.get(name)
     if node is None:
@@ -32,7 +35,7 @@ def nonnegative(ctx, name: str) -> bool:
 
 
 # -- Conv ---------------------------------------------------------------------------------------------------------
-def _plain_conv(node: Node, ctx) -> bool:
+def _plain_conv(node: Node, ctx: RuleContext) -> bool:
     shape = ctx.shape(node.inputs[0])
     return len(shape) == 4 and ctx.graph.is_constant(node.inputs[1])
 
@@ -62,12 +65,12 @@ def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
         return [Lowered(transpose(p, "all")), None, None]
     x = b.value(x_name)
     if nonnegative(ctx, x_name):
-        q = b.divide_or_zero(p, forward(x, "pos"))
+        q = safe_divide(b, p, forward(x, "pos"))
         return [Lowered(b.op("Mul", [x, transpose(q, "pos")]), scaled=True), None, None]
     b.minima.append((node, b.op("ReduceMin", [x], keepdims=0)))
     zero = b.constant(np.zeros((), np.float32), "zero")
     x_pos, x_neg = b.op("Max", [x, zero]), b.op("Min", [x, zero])
-    q = b.divide_or_zero(p, b.op("Add", [forward(x_pos, "pos"), forward(x_neg, "neg")]))
+    q = safe_divide(b, p, b.op("Add", [forward(x_pos, "pos"), forward(x_neg, "neg")]))
     pos = b.op("Mul", [x_pos, transpose(q, "pos")])
     neg = b.op("Mul", [x_neg, transpose(q, "neg")])
     return [Lowered(b.op("Add", [pos, neg]), scaled=True), None, None]
@@ -86,7 +89,7 @@ def relu(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
     return [Lowered(b.op("Mul", [p.name, mask]), scaled=True)]
 
 
-def _row_major_max_pool(node: Node, ctx) -> bool:
+def _row_major_max_pool(node: Node, ctx: RuleContext) -> bool:
     return len(ctx.shape(node.inputs[0])) in (3, 4) and int(node.attr("storage_order", 0)) == 0
 
 
@@ -120,7 +123,7 @@ def max_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> 
     return [Lowered(b.op("Reshape", [routed, b.shape_of(x_name)]), p.scaled)]
 
 
-def _global_pool(node: Node, ctx) -> bool:
+def _global_pool(node: Node, ctx: RuleContext) -> bool:
     return len(ctx.shape(node.inputs[0])) == 4
 
 
@@ -138,12 +141,11 @@ def global_average_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered |
     x = b.value(x_name)
     zero = b.constant(np.zeros((), np.float32), "zero")
     total = b.op("ReduceSum", [x, b.constant(np.asarray([2, 3], np.int64), "axes")], keepdims=1)
-    positive = b.op("Cast", [b.op("Greater", [total, zero])], to=onnx.TensorProto.FLOAT)
-    q = b.op("Mul", [b.divide_or_zero(p.name, b.op("Max", [total, zero])), positive])
+    q = safe_divide(b, p.name, b.op("Max", [total, zero]))
     return [Lowered(b.op("Mul", [x, q]), scaled=True)]
 
 
-def _same_shape_add(node: Node, ctx) -> bool:
+def _same_shape_add(node: Node, ctx: RuleContext) -> bool:
     out = ctx.shape(node.outputs[0])
     return all(ctx.shape(t) == out for t in node.inputs if ctx.is_signal(t))
 
@@ -157,11 +159,11 @@ def add(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[
     mask = [ctx.is_signal(t) for t in node.inputs]
     if ctx.mode == "grad" or sum(mask) < 2:
         return [Lowered(p.name) if m else None for m in mask]
-    if ctx.options.get("add_rule") == "caffe":
+    if ctx.options.add_rule == "caffe":
         return [Lowered(p.name) if k == 1 else None for k in range(len(mask))]
     parts = [b.op("Relu", [b.value(t)]) if m else None for t, m in zip(node.inputs, mask)]
     present = [c for c in parts if c is not None]
-    q = b.divide_or_zero(p.name, present[0] if len(present) == 1 else b.op("Sum", present))
+    q = safe_divide(b, p.name, present[0] if len(present) == 1 else b.op("Sum", present))
     return [None if c is None else Lowered(b.op("Mul", [c, q]), scaled=True) for c in parts]
 
 
@@ -204,7 +206,7 @@ def normalisation(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]
     return [Lowered(signals[0].name)] + [None] * (len(node.inputs) - 1)
 
 
-def _inference_batch_norm(node: Node, ctx) -> bool:
+def _inference_batch_norm(node: Node, ctx: RuleContext) -> bool:
     return not int(node.attr("training_mode", 0)) and all(ctx.graph.is_constant(t) for t in node.inputs[1:5])
 
 

@@ -17,3 +17,8 @@ class UnsupportedOpError(EbrError):
             f"node {node_name!r} has op type {op_type!r}, which has no {mode} rule; "
             f"supported op types: {', '.join(sorted(supported))}"
         )
+
+
+class LoweringFailed(Exception):
+    """onnxruntime could not build or run a lowered walk (the walk then runs those nodes rule by rule). Internal:
+    never reaches the user."""
