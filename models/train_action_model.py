@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from ebr_onnx.synthetic import CLASS_NAMES, make_dataset
+from ebr_onnx.app.synthetic import CLASS_NAMES, make_dataset
 
 SIZE, FRAMES, BATCH = 64, 16, 16
 CHANNELS = (8, 16, 32)

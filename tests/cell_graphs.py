@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ebr_onnx.cells import cell_needs, cell_overrides, find_cells
-from ebr_onnx.explainer import Explainer
+from ebr_onnx.passes.cells import find_cells
+from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
+from ebr_onnx import Explainer
 from ebr_onnx.core.walk import walk
 
 OPSET = 17
@@ -194,10 +195,10 @@ def walk_to(model: onnx.ModelProto, frames: np.ndarray, layer: str, mode: str, r
     cells = find_cells(g)
     overrides = cell_overrides(g, cells, rules) if rules else {}
     hook = cell_needs(g, cells, rules) if rules else None
-    feeds = ex.feeds({ex.input_name: frames})  # with the defaults of other inputs (clip markers)
-    shapes = ex.shapes_for(feeds)
-    values = ex.runner.run(feeds, ex.capture_plan(nodes, mode, shapes, [logits], overrides_needs=hook))
-    ctx = ex.context(mode, values, shapes, overrides=overrides, recurrent_rules=rules or "caffe",
+    feeds = ex.engine.feeds({ex.input_name: frames})  # with the defaults of other inputs (clip markers)
+    shapes = ex.engine.shapes_for(feeds)
+    values = ex.engine.runner.run(feeds, ex.engine.capture_plan(nodes, mode, shapes, [logits], overrides_needs=hook))
+    ctx = ex.engine.context(mode, values, shapes, overrides=overrides, recurrent_rules=rules or "caffe",
                      negated=frozenset({classifier}) if negate else frozenset())
     top = np.zeros_like(values[logits])
     top[step, ..., target] = 1

@@ -24,4 +24,4 @@ def test_batches_with_a_prior_per_example(tiny_cnn):
     whole = Explainer(tiny_cnn, batch_size=16).explain(x, prior=prior, layer="r")
     split = Explainer(tiny_cnn, batch_size=2).explain(x, prior=prior, layer="r")
     np.testing.assert_allclose(split.signal, whole.signal, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(split.mass["top"], prior.sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(split.mass.top, prior.sum(axis=1), rtol=1e-6)

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from ebr_onnx.synthetic import CLASS_NAMES, make_clip, make_dataset
+from ebr_onnx.app.synthetic import CLASS_NAMES, make_clip, make_dataset
 
 ort = pytest.importorskip("onnxruntime")
 

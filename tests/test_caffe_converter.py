@@ -147,8 +147,8 @@ def test_vgg16_lstm_release_converts_and_runs_16_frames():
     res = Explainer(model, labels=labels).explain(clip, target="HorseRiding", method="cebr", layer="conv5_1")
     assert res.maps.shape == (16, 14, 14) and res.temporal.shape == (16,)
     assert np.isfinite(res.maps).all()
-    assert res.info["boundary"] in ("fc7", "fc7/pre_drop7")  # the same values: drop7 is the identity
-    np.testing.assert_allclose(res.info["boundary_signal"].sum(), 0.0, atol=1e-5)
+    assert res.info.boundary in ("fc7", "fc7/pre_drop7")  # the same values: drop7 is the identity
+    np.testing.assert_allclose(res.info.boundary_signal.sum(), 0.0, atol=1e-5)
 
 
 # --- inputs, phases, names --------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from ebr_onnx import Explainer
-from ebr_onnx.cells import cell_needs, cell_overrides, find_cells
+from ebr_onnx.passes.cells import find_cells
+from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
 from ebr_onnx.core.walk import walk
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "vgg16_lstm_small_a"
@@ -52,7 +53,7 @@ def explainer() -> Explainer:
 
 
 def test_forward(explainer, inputs, golden) -> None:
-    values = explainer.runner.run(explainer.feeds(inputs), ["probs", "fc8-final", "fc7", "conv5_1"])
+    values = explainer.engine.runner.run(explainer.engine.feeds(inputs), ["probs", "fc8-final", "fc7", "conv5_1"])
     for key, tensor in (("probs", "probs"), ("fc8", "fc8-final"), ("fc7", "fc7"), ("conv5_1", "conv5_1")):
         _match(values[tensor], golden[key])
 
@@ -63,16 +64,16 @@ def test_rnn_passes_at_fc7(explainer, inputs, golden, meta) -> None:
     cells = find_cells(graph)
     assert len(cells) == meta["T"] and {c.x_inputs for c in cells} == {("fc7-reshape",)}
     nodes = graph.nodes_between([meta["boundary"]], ["fc8-final"])
-    feeds = explainer.feeds(inputs)
-    shapes = explainer.shapes_for(feeds)
-    values = explainer.runner.run(feeds, explainer.capture_plan(
+    feeds = explainer.engine.feeds(inputs)
+    shapes = explainer.engine.shapes_for(feeds)
+    values = explainer.engine.runner.run(feeds, explainer.engine.capture_plan(
         nodes, "eb", shapes, ["fc8-final"], overrides_needs=cell_needs(graph, cells, "caffe")))
     top = np.zeros_like(values["fc8-final"])
     top[meta["time_step"], 0, meta["target"]] = 1
     overrides = cell_overrides(graph, cells, "caffe")
     passes = {}
     for key, negated in (("pos", frozenset()), ("neg", frozenset({meta["classifier"]}))):
-        ctx = explainer.context("eb", values, shapes, overrides=overrides, negated=negated)
+        ctx = explainer.engine.context("eb", values, shapes, overrides=overrides, negated=negated)
         passes[key] = walk(ctx, nodes, {"fc8-final": top}, keep={"fc7"})["fc7"]
         _match(passes[key], golden[f"fc7_signal_{key}"])
     _match(passes["pos"] / passes["pos"].sum() - passes["neg"] / passes["neg"].sum(), golden["fc7_contrastive"])
@@ -80,8 +81,6 @@ def test_rnn_passes_at_fc7(explainer, inputs, golden, meta) -> None:
 
 @pytest.fixture(scope="module")
 def explain(explainer, inputs, meta):
-    pytest.importorskip("ebr_onnx.temporal")
-
     def run(method: str, layer: str):
         return explainer.explain(inputs, target=meta["target"], method=method, layer=layer,
                                  boundary=meta["boundary"], classifier=meta["classifier"], time_step=-1)
@@ -92,14 +91,14 @@ def explain(explainer, inputs, meta):
 @pytest.mark.parametrize("method", ["cebr", "ebr"])
 def test_recurrent_maps(explain, golden, method: str) -> None:
     result = explain(method, "conv5_1")
-    assert result.info["boundary"] == "fc7"
-    passes = result.info["passes"]
-    _match(passes["pos"], golden["fc7_signal_pos"])
+    assert result.info.boundary == "fc7"
+    passes = result.info.passes
+    _match(passes.pos, golden["fc7_signal_pos"])
     if method == "cebr":
-        _match(passes["neg"], golden["fc7_signal_neg"])
-        _match(result.info["boundary_signal"], golden["fc7_contrastive"])
+        _match(passes.neg, golden["fc7_signal_neg"])
+        _match(result.info.boundary_signal, golden["fc7_contrastive"])
     else:
-        _match(result.info["boundary_signal"], golden["fc7_signal_pos"] / golden["fc7_signal_pos"].sum())
+        _match(result.info.boundary_signal, golden["fc7_signal_pos"] / golden["fc7_signal_pos"].sum())
     _match(result.signal, golden[f"{method}_conv5_1_signal"])
     _match(result.maps, golden[f"{method}_map"])
 

@@ -15,11 +15,12 @@ from onnx import helper
 
 from caffe_nets import input_layer, layer, write_net
 from converters.caffe import convert_caffe
-from ebr_onnx.cells import Cell, GruCell, cell_needs, cell_overrides, find_cells
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.explainer import Explainer
+from ebr_onnx.passes.cells import Cell, GruCell, find_cells
+from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
+from ebr_onnx import EbrError
+from ebr_onnx import Explainer
 from ebr_onnx.core.graph import ModelGraph
-from ebr_onnx.unroll import unroll_loops
+from ebr_onnx.passes.unroll import unroll_loops
 
 from cell_graphs import Weights, fused_gru, fused_lstm, release_pass, unrolled_gru, unrolled_lstm, walk_to
 
@@ -38,7 +39,7 @@ def frames() -> np.ndarray:
 
 
 def _lstm_input(model: onnx.ModelProto, frames: np.ndarray) -> np.ndarray:
-    return Explainer(model).runner.run({"frames": frames}, ["x"])["x"]
+    return Explainer(model).engine.runner.run({"frames": frames}, ["x"])["x"]
 
 
 def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-5) -> None:

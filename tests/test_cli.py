@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ebr_onnx.demo import BUNDLED_MODEL
-from ebr_onnx.synthetic import CLASS_NAMES, make_concatenated
-from ebr_onnx.video import write_video
+from ebr_onnx.app.demo import BUNDLED_MODEL
+from ebr_onnx.app.synthetic import CLASS_NAMES, make_concatenated
+from ebr_onnx.app.video import write_video
 
 pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="the bundled model is missing")
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ebr_onnx.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ebr_onnx.app.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
 
 

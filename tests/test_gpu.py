@@ -8,7 +8,7 @@ import pytest
 
 from ebr_onnx import EbrError, Explainer
 from ebr_onnx.core.backend import array_module
-from ebr_onnx.demo import BUNDLED_MODEL
+from ebr_onnx.app.demo import BUNDLED_MODEL
 
 
 def _gpu_available() -> bool:
@@ -36,7 +36,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 @pytest.mark.parametrize("method, layer", [("eb", "relu3"), ("ceb", None), ("grad", None),
                                            ("cebr", "relu3"), ("ebr", None), ("gradr", "relu2")])
 def test_cuda_matches_cpu(method, layer):
-    from ebr_onnx.synthetic import make_clip
+    from ebr_onnx.app.synthetic import make_clip
 
     clip = make_clip(0)
     x = (clip.frames.transpose(0, 3, 1, 2) / 255.0).astype(np.float32)
@@ -71,7 +71,7 @@ def host_device(monkeypatch):
 def test_device_path_keeps_arrays_on_the_device(host_device, method, layer):
     """The rules, the walk and the plumbing on device arrays that refuse any implicit host conversion: the CPU's
     maps (the CUDA path's array code, short of CuPy's own kernels)."""
-    from ebr_onnx.synthetic import make_clip
+    from ebr_onnx.app.synthetic import make_clip
 
     clip = make_clip(0)
     x = (clip.frames.transpose(0, 3, 1, 2) / 255.0).astype(np.float32)
@@ -79,7 +79,7 @@ def test_device_path_keeps_arrays_on_the_device(host_device, method, layer):
     target = 3 if options else clip.label
     cpu = Explainer(BUNDLED_MODEL).explain(x, target=target, method=method, layer=layer, **options)
     device = Explainer(BUNDLED_MODEL, device="cuda")
-    assert type(device.xp).__name__ == "module" and device.xp.__name__ == "cupy"
+    assert type(device.engine.xp).__name__ == "module" and device.engine.xp.__name__ == "cupy"
     got = device.explain(x, target=target, method=method, layer=layer, **options)
     assert isinstance(got.maps, np.ndarray)
     np.testing.assert_allclose(got.maps, cpu.maps, rtol=1e-4, atol=1e-6 * np.abs(cpu.maps).max())

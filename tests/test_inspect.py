@@ -1,18 +1,18 @@
-"""``describe`` / ``Explainer.summary`` report what the engine finds, on a fused LSTM, a Loop model and a CNN."""
+"""``describe`` reports what the engine finds, on a fused LSTM, a Loop model and a CNN."""
 from pathlib import Path
 
 import pytest
 
 from ebr_onnx import Explainer
-from ebr_onnx.demo import BUNDLED_MODEL
-from ebr_onnx.inspect import describe, format_report
+from ebr_onnx.app.demo import BUNDLED_MODEL
+from ebr_onnx.app.inspect import describe, format_report
 
 KERAS = Path(__file__).parent / "fixtures" / "keras"
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="the bundled model is missing")
 def test_bundled_model_report():
-    report = Explainer(BUNDLED_MODEL).summary()
+    report = describe(Explainer(BUNDLED_MODEL))
     assert report["ops_without_rules"] == []
     (lstm,) = report["recurrences"]
     assert lstm["op_type"] == "LSTM" and lstm["direction"] == "forward" and lstm["time_axis"] == 0
@@ -23,7 +23,7 @@ def test_bundled_model_report():
     assert "RNN→CNN boundary: features" in text and "every op on the signal path has EB and gradient rules" in text
     assert report["lowered_on_cpu"] == {"nodes": 10, "first": "conv1", "last": "flatten"}
     assert "run as one onnxruntime graph on the CPU: 10 nodes, conv1 … flatten" in text
-    assert Explainer(BUNDLED_MODEL, lowering=False).summary()["lowered_on_cpu"] is None
+    assert describe(Explainer(BUNDLED_MODEL, lowering=False))["lowered_on_cpu"] is None
 
 
 def test_loop_model_reports_unrolled_loop_and_cells():

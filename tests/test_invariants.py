@@ -47,8 +47,8 @@ def test_eb_is_non_negative_and_conserves_mass(relu_net, layer):
     x = RNG.uniform(0.1, 1.0, (2, 3, 8, 12)).astype(np.float32)
     r = Explainer(relu_net).explain(x, target=[1, 3], method="eb", layer=None if layer == "x" else layer)
     assert (r.signal >= 0).all()
-    np.testing.assert_allclose(r.mass["layer"], r.mass["top"], rtol=1e-5)
-    np.testing.assert_allclose(r.mass["top"], 1.0)
+    np.testing.assert_allclose(r.mass.layer, r.mass.top, rtol=1e-5)
+    np.testing.assert_allclose(r.mass.top, 1.0)
 
 
 def test_eb_loses_exactly_the_dead_units_share(make_model):
@@ -66,8 +66,8 @@ def test_eb_loses_exactly_the_dead_units_share(make_model):
     h = np.maximum(x.astype(np.float64) @ w1 + b1, 0)[0]
     assert h[2] > 0
     dead_share = h[2] * w2[2, 1] / (h @ w2[:, 1])
-    np.testing.assert_allclose(r.mass["layer"], 1 - dead_share, rtol=1e-7)
-    np.testing.assert_allclose(r.mass["top"], 1.0)
+    np.testing.assert_allclose(r.mass.layer, 1 - dead_share, rtol=1e-7)
+    np.testing.assert_allclose(r.mass.top, 1.0)
 
 
 @pytest.mark.parametrize("layer", ["x", "r2", "r3"])
@@ -87,7 +87,7 @@ def test_grad_x_input_is_grad_times_input(relu_net, layer):
     name = None if layer == "x" else layer
     grad = ex.explain(x, target=4, method="grad", layer=name).signal
     gxi = ex.explain(x, target=4, method="grad_x_input", layer=name).signal
-    activation = x if layer == "x" else ex.runner.run({"x": x}, [layer])[layer]
+    activation = x if layer == "x" else ex.engine.runner.run({"x": x}, [layer])[layer]
     np.testing.assert_allclose(gxi, grad * activation, rtol=1e-12, atol=0)
     assert np.abs(gxi).sum() > 0
 

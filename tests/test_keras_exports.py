@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx import Explainer
-from ebr_onnx.frames import frame_layout
+from ebr_onnx.recurrent.frames import frame_layout
 from ebr_onnx.core.graph import ModelGraph
-from ebr_onnx.temporal import dual_nodes
-from ebr_onnx.unroll import has_loops, unroll_loops
+from ebr_onnx.core.targets import dual_nodes
+from ebr_onnx.passes.unroll import has_loops, unroll_loops
 
 ort = pytest.importorskip("onnxruntime")
 KERAS = Path(__file__).parent / "fixtures" / "keras"
@@ -78,14 +78,14 @@ def test_recurrent_methods(path):
     scale = np.abs(data["grad_input"]).max()
     np.testing.assert_allclose(gradr.signal, data["grad_input"], atol=1e-4 * scale, rtol=0)
     np.testing.assert_allclose(gradr.maps, data["grad_input"][0].sum(axis=-1), atol=1e-4 * scale, rtol=0)
-    assert gradr.info["time_axis"] == (1 if data["output"].ndim == 3 else None)
-    per_step = len(dual_nodes(ex, ex.logits_tensor(), None))
+    assert gradr.info.time_axis == (1 if data["output"].ndim == 3 else None)
+    per_step = len(dual_nodes(ex.graph, ex.engine.signal, ex.logits_tensor(), None))
     assert per_step == (steps if data["output"].ndim == 3 else 1)
     for method, total in (("ebr", 1.0), ("cebr", 0.0)):
         res = ex.explain(data["clip"], target=TARGET, method=method, time_step=-1)
         assert res.maps.shape == data["clip"].shape[1:4] and res.temporal.shape == (steps,)
         assert np.isfinite(res.maps).all()
-        assert res.info["boundary_signal"].sum() == pytest.approx(total, abs=1e-5)
+        assert res.info.boundary_signal.sum() == pytest.approx(total, abs=1e-5)
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
@@ -99,7 +99,7 @@ def test_recurrent_methods_at_any_copy_of_a_layer(path):
     scale = np.abs(want).max()
     for layer in (relus[0].name, relus[3].outputs[0]):
         res = ex.explain(data["clip"], target=TARGET, method="gradr", layer=layer)
-        assert len(res.info["layer_tensors"]) == steps
+        assert len(res.info.layer_tensors) == steps
         np.testing.assert_allclose(res.signal, want, atol=1e-4 * scale, rtol=0)
         np.testing.assert_allclose(res.maps, data["grad_conv"][0].sum(axis=-1), atol=1e-4 * scale, rtol=0)
     ebr = ex.explain(data["clip"], target=TARGET, method="ebr", layer=relus[0].name)
@@ -171,4 +171,4 @@ def test_scan_rnn_recurrent_methods():
     for method, total in (("ebr", 1.0), ("cebr", 0.0)):
         res = ex.explain(x, target=TARGET, method=method, time_step=-1, boundary="f")
         assert np.isfinite(res.maps).all() and res.temporal.shape == (T,)
-        assert res.info["boundary_signal"].sum() == pytest.approx(total, abs=1e-5)
+        assert res.info.boundary_signal.sum() == pytest.approx(total, abs=1e-5)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.localize import (
+from ebr_onnx import EbrError
+from ebr_onnx.app.localize import (
     best_window,
     peaks_to_frame_coords,
     probability_segment,
@@ -10,7 +10,7 @@ from ebr_onnx.localize import (
     spatial_peaks,
     temporal_segment,
 )
-from ebr_onnx.preprocess import CropBox
+from ebr_onnx.app.preprocess import CropBox
 
 
 def test_temporal_segment_extends_until_a_negative_sum():

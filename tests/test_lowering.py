@@ -10,10 +10,10 @@ import pytest
 from onnx import helper
 
 from ebr_onnx import Explainer
-from ebr_onnx.demo import bundled_model
-from ebr_onnx.pipeline import model_preprocess
-from ebr_onnx.preprocess import preprocess
-from ebr_onnx.synthetic import make_clip
+from ebr_onnx.app.demo import bundled_model
+from ebr_onnx.app.pipeline import model_preprocess
+from ebr_onnx.app.preprocess import preprocess
+from ebr_onnx.app.synthetic import make_clip
 
 RNG = np.random.default_rng(7)
 
@@ -49,7 +49,7 @@ def test_explainer_lowered_equals_rules_with_negative_input(method, layer, make_
     ref = rules.explain(x, target=[0, 2, 4], method=method, layer=layer)
     close(got.signal, ref.signal)
     assert got.warnings == ref.warnings
-    assert lowered.kernels.holds("lowered") and not rules.kernels.holds("lowered")
+    assert lowered.engine.kernels.holds("lowered") and not rules.engine.kernels.holds("lowered")
     if method == "eb" and layer is None:
         assert any("'conv1'" in w for w in got.warnings)
 
@@ -84,7 +84,7 @@ def test_recurrent_methods_cnn_part(method, layer, clip_input):
     ref = Explainer(model, lowering=False).explain(x, method=method, layer=layer)
     close(got.signal, ref.signal, rtol=1e-4)
     close(got.temporal, ref.temporal, rtol=1e-4)
-    assert lowered.kernels.holds("lowered")
+    assert lowered.engine.kernels.holds("lowered")
 
 
 def test_one_session_serves_every_chunk_size(make_model):
@@ -92,8 +92,8 @@ def test_one_session_serves_every_chunk_size(make_model):
     model = conv_stack(make_model)
     ex, rules = Explainer(model, batch_size=2, threads=1), Explainer(model, lowering=False)
     built = []
-    session = ex.kernels.session
-    ex.kernels.session = lambda model, weights=None, whole=False: built.append(whole) or session(model, weights, whole)
+    session = ex.engine.kernels.session
+    ex.engine.kernels.session = lambda model, weights=None, whole=False: built.append(whole) or session(model, weights, whole)
     for seed in range(2):
         x = np.random.default_rng(seed).uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
         ref = rules.explain(x, target=1, method="eb")
@@ -106,17 +106,17 @@ def test_a_graph_onnxruntime_refuses_falls_back_to_the_rules(make_model):
     model = conv_stack(make_model)
     x = RNG.uniform(0, 1, (2, 2, 6, 6)).astype(np.float32)
     ex = Explainer(model, threads=1)
-    session = ex.kernels.session
+    session = ex.engine.kernels.session
 
     def refuse(model, weights=None, whole=False):
         if whole:
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : refused")
         return session(model, weights, whole)
 
-    ex.kernels.session = refuse
+    ex.engine.kernels.session = refuse
     got = ex.explain(x, target=3, method="ceb")
     close(got.signal, Explainer(model, lowering=False).explain(x, target=3, method="ceb").signal)
-    assert not ex.kernels.holds("lowered")
+    assert not ex.engine.kernels.holds("lowered")
 
 
 @pytest.mark.parametrize("method", ["eb", "ceb", "grad"])
@@ -130,7 +130,7 @@ def test_examples_run_in_slices(method, make_model, monkeypatch):
     x[1] = np.abs(x[1])  # the minimum is negative in some slices only
     ex = Explainer(model, threads=1)
     runs = []
-    session = ex.kernels.session
+    session = ex.engine.kernels.session
 
     def counted(model, weights=None, whole=False):
         built = session(model, weights, whole)
@@ -139,7 +139,7 @@ def test_examples_run_in_slices(method, make_model, monkeypatch):
             built.run = lambda *a, **k: runs.append(1) or run(*a, **k)
         return built
 
-    ex.kernels.session = counted
+    ex.engine.kernels.session = counted
     got = ex.explain(x, target=[0, 2, 4], method=method)
     ref = Explainer(model, lowering=False).explain(x, target=[0, 2, 4], method=method)
     close(got.signal, ref.signal)

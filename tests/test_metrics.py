@@ -1,7 +1,7 @@
 import pytest
 
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.metrics import (
+from ebr_onnx import EbrError
+from ebr_onnx.app.metrics import (
     PointingGame,
     TemporalPointingGame,
     average_precision,

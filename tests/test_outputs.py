@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ebr_onnx.outputs as outputs
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.outputs import atomic_path, progress, write_results
-from ebr_onnx.preprocess import CropBox
-from ebr_onnx.video import VideoSource
+import ebr_onnx.app.outputs as outputs
+from ebr_onnx import EbrError
+from ebr_onnx.app.outputs import atomic_path, progress, write_results
+from ebr_onnx.app.preprocess import CropBox
+from ebr_onnx.app.video import VideoSource
 
 BOX = CropBox(48.0, 8.0, 272.0, 232.0, frame_size=(240, 320))
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.overlay import evidence_curve_plot, overlay
-from ebr_onnx.preprocess import CropBox
+from ebr_onnx import EbrError
+from ebr_onnx.app.overlay import evidence_curve_plot, overlay
+from ebr_onnx.app.preprocess import CropBox
 
 BOX = CropBox(48.0, 8.0, 272.0, 232.0, frame_size=(240, 320))  # the caffe-ucf101 crop of a 240×320 frame
 GREY = np.full((240, 320, 3), 200, dtype=np.uint8)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.preprocess import PRESETS, CropBox, Preprocess, get_preset, preprocess
+from ebr_onnx import EbrError
+from ebr_onnx.app.preprocess import PRESETS, CropBox, Preprocess, get_preset, preprocess
 
 DEMO = Path("/work/shared/caffe-release/demo-frames/demo1")
 

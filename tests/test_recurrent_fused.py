@@ -334,7 +334,7 @@ def test_excitation_lstm_gates_take_no_signal():
 
 
 def test_unknown_rule_set_is_an_error():
-    from ebr_onnx.core.errors import EbrError
+    from ebr_onnx import EbrError
 
     case = Case("RNN")
     with pytest.raises(EbrError, match="recurrent_rules"):

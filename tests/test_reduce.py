@@ -44,7 +44,7 @@ def test_reduce_eb_matches_literal_eq8(op, keepdims, opset):
         for c in range(4):                                    # Eq. 8 at the reduction (weights `scale` > 0)
             expected[n, c] = r[n, c] * scale * share[c] / (r[n, c].sum() * scale)
     np.testing.assert_allclose(res.signal, expected, rtol=1e-6, atol=1e-12)
-    np.testing.assert_allclose(res.mass["layer"], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(res.mass.layer, 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ebr_onnx.synthetic import CLASS_NAMES, SETUPS, make_clip, make_concatenated, make_dataset
+from ebr_onnx.app.synthetic import CLASS_NAMES, SETUPS, make_clip, make_concatenated, make_dataset
 
 
 def _centres(boxes: np.ndarray) -> np.ndarray:

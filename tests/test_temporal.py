@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
-from ebr_onnx import temporal
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.explainer import Explainer
+from converters.caffe import convert_caffe
+from ebr_onnx.recurrent import cnn_pass
+from ebr_onnx import EbrError
+from ebr_onnx import Explainer
 
 T, K = 6, 5
 
@@ -119,7 +120,7 @@ def test_gradr_equals_autograd(exported, name):
     res = ex.explain(x, target=3, method="gradr")
     np.testing.assert_allclose(res.signal, want_x, rtol=1e-4, atol=1e-6 * np.abs(want_x).max())
     assert res.maps.shape == (T, 8, 8) and res.temporal.shape == (T,)
-    assert res.info["time_axis"] == time_axis
+    assert res.info.time_axis == time_axis
     conv = next(n.outputs[0] for n in ex.graph.nodes if n.op_type == "Conv")
     res = ex.explain(x, target=3, method="gradr", layer=conv)
     np.testing.assert_allclose(res.signal, want_conv, rtol=1e-4, atol=1e-6 * np.abs(want_conv).max())
@@ -132,7 +133,7 @@ def test_gradr_time_steps_list_and_all(exported):
         want, _ = autograd(net, x, 2, steps, 0)
         res = ex.explain(x, target=2, method="gradr", time_step=arg)
         np.testing.assert_allclose(res.signal, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
-        assert res.info["time_steps"] == steps
+        assert res.info.time_steps == steps
 
 
 def test_user_prior_and_time_axis_override(exported):
@@ -148,9 +149,9 @@ def test_user_prior_and_time_axis_override(exported):
 def test_layer_at_the_boundary(exported):
     net, ex = exported("lstm")
     x = clip(seed=6)
-    res = ex.explain(x, target=1, method="cebr", layer=ex.explain(x, target=1, method="cebr").info["boundary"])
+    res = ex.explain(x, target=1, method="cebr", layer=ex.explain(x, target=1, method="cebr").info.boundary)
     assert res.maps.shape == (T, 6) and abs(res.temporal.sum()) < 1e-9
-    np.testing.assert_allclose(res.signal, res.info["boundary_signal"])
+    np.testing.assert_allclose(res.signal, res.info.boundary_signal)
 
 
 def test_dynamo_export_and_chunking_agree(exported):
@@ -167,7 +168,7 @@ def test_chunk_captures_kept_or_recomputed_agree(exported, monkeypatch):
     net, ex = exported("gru")
     x = clip(seed=3)
     kept = ex.explain(x, target=0, method="cebr")
-    monkeypatch.setattr(temporal, "KEEP_BYTES", 0)
+    monkeypatch.setattr(cnn_pass, "KEEP_BYTES", 0)
     again = ex.explain(x, target=0, method="cebr")
     np.testing.assert_array_equal(kept.maps, again.maps)
 
@@ -304,11 +305,11 @@ def test_caffe_rules_equal_the_spec_closed_form():
     c1, c2, fc7 = video.cnn_forward(x)
     pos, da_pos = video.rnn_pass(fc7, k, +1)
     neg, da_neg = video.rnn_pass(fc7, k, -1)
-    assert res.info["boundary"] == "fc7" and res.info["frames"] == "frames"
-    np.testing.assert_allclose(res.info["passes"]["pos"], pos, rtol=1e-5, atol=1e-9 * np.abs(pos).max())
-    np.testing.assert_allclose(res.info["passes"]["neg"], neg, rtol=1e-5, atol=1e-9 * np.abs(neg).max())
+    assert res.info.boundary == "fc7" and res.info.frames == "frames"
+    np.testing.assert_allclose(res.info.passes.pos, pos, rtol=1e-5, atol=1e-9 * np.abs(pos).max())
+    np.testing.assert_allclose(res.info.passes.neg, neg, rtol=1e-5, atol=1e-9 * np.abs(neg).max())
     m = pos / pos.sum() - neg / neg.sum()
-    np.testing.assert_allclose(res.info["boundary_signal"], m, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(res.info.boundary_signal, m, rtol=1e-5, atol=1e-9)
     want = video.cnn_backward(c1, c2, m)
     np.testing.assert_allclose(res.signal, want, rtol=1e-4, atol=1e-7 * np.abs(want).max())
     np.testing.assert_allclose(res.maps, want.sum(axis=1), rtol=1e-4, atol=1e-7 * np.abs(want).max())
@@ -316,9 +317,9 @@ def test_caffe_rules_equal_the_spec_closed_form():
     # which the rules match), and the per-frame mass is conserved from fc7 to c1 (no Z = 0 loss here)
     H = video.H
     assert (pos >= 0).all() and (neg >= 0).all() and pos.sum() > 0 and neg.sum() > 0
-    assert abs(res.info["boundary_signal"].sum()) < 1e-12
+    assert abs(res.info.boundary_signal.sum()) < 1e-12
     assert not da_pos[:-1, H:2 * H].any() and not da_neg[:-1, H:2 * H].any()
-    np.testing.assert_allclose(res.temporal, res.mass["boundary"], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(res.temporal, res.mass.boundary, rtol=1e-6, atol=1e-12)
     assert not any(w.startswith("[recurrent-relu]") for w in res.warnings)
 
 
@@ -338,7 +339,7 @@ def test_excitation_rules_conserve_mass_through_time():
     ex = Explainer(video.model, dtype=np.float64)
     x = np.abs(clip((T, 2, 6, 6), seed=9))
     res = ex.explain(x, target=1, method="ebr", layer="c1", recurrent_rules="excitation")
-    pos = res.info["passes"]["pos"]
+    pos = res.info.passes.pos
     assert (pos >= 0).all()
     assert pos.sum() == pytest.approx(1.0, rel=1e-9)  # the prior's mass, all of it at fc7 (zero initial states)
     assert (pos[:-1].sum(axis=1) > 0).all()  # earlier frames are reached, through c and through h
@@ -399,7 +400,6 @@ class FusedReluLstm(nn.Module):
 
 
 def test_unrolled_cells_and_the_fused_op_agree():
-    pytest.importorskip("ebr_onnx.cells")
     unrolled = UnrolledReluLstm()
     fused = export(FusedReluLstm(unrolled))
     for node in fused.graph.node:
@@ -410,7 +410,7 @@ def test_unrolled_cells_and_the_fused_op_agree():
     for method, rules in (("gradr", "caffe"), ("cebr", "caffe"), ("cebr", "excitation")):
         a = a_ex.explain(x, target=2, method=method, recurrent_rules=rules)
         b = b_ex.explain(x, target=2, method=method, recurrent_rules=rules)
-        assert a.info["boundary"] == b.info["boundary"]
+        assert a.info.boundary == b.info.boundary
         np.testing.assert_allclose(a.maps, b.maps, rtol=1e-5, atol=1e-6 * np.abs(b.maps).max())
 
 
@@ -420,8 +420,6 @@ GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "vgg16_lstm
 
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason="the release's golden outputs are not available")
 def test_release_golden_outputs():
-    convert_caffe = pytest.importorskip("converters.caffe.convert").convert_caffe
-    pytest.importorskip("ebr_onnx.cells")
     ex = Explainer(convert_caffe(GOLDEN / "deploy.prototxt", GOLDEN / "weights.caffemodel"), batch_size=3)
     inputs, gold = np.load(GOLDEN / "inputs.npz"), np.load(GOLDEN / "golden.npz")
     feeds = {"data": inputs["data"], "clip_markers": inputs["clip_markers"]}
@@ -430,9 +428,9 @@ def test_release_golden_outputs():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
     res = ex.explain(feeds, target=3, method="cebr", layer="conv5_1")
-    close(res.info["passes"]["pos"], gold["fc7_signal_pos"])
-    close(res.info["passes"]["neg"], gold["fc7_signal_neg"])
-    close(res.info["boundary_signal"], gold["fc7_contrastive"])
+    close(res.info.passes.pos, gold["fc7_signal_pos"])
+    close(res.info.passes.neg, gold["fc7_signal_neg"])
+    close(res.info.boundary_signal, gold["fc7_contrastive"])
     close(res.maps, gold["cebr_map"])
     close(ex.explain(feeds, target=3, method="ebr", layer="conv5_1").maps, gold["ebr_map"])
     # Caffe's conv5_1.diff is taken after the in-place relu5_1 backward: the gradient at the pre-ReLU output

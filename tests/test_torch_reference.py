@@ -17,6 +17,7 @@ import onnx
 import pytest
 
 from ebr_onnx import Explainer
+from ebr_onnx.app.inspect import describe
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
@@ -242,9 +243,9 @@ def test_resnet_like(resnet, method, folded, dtype):
     proto = proto_folded if folded else proto_bn
     ex = Explainer(proto, dtype=dtype)
     r = ex.explain(x.numpy(), target=[1, 4], method=method)
-    lowered = ex.summary()["lowered_on_cpu"]  # of EB: the whole convolutional part, overlapping max pool included
+    lowered = describe(ex)["lowered_on_cpu"]  # of EB: the whole convolutional part, overlapping max pool included
     assert (lowered is not None and ex.graph.node_by_name[lowered["last"]].op_type == "Flatten") == (dtype == np.float32)
-    assert ex.kernels.holds("lowered") == (dtype == np.float32)
+    assert ex.engine.kernels.holds("lowered") == (dtype == np.float32)
     reference_model = _folded(model) if folded and method == "eb" else model
     ops = Plain() if method == "grad" else Excitation()
     ref = np.concatenate([torch_signal(reference_model, x[i:i + 1], t, ops) for i, t in enumerate([1, 4])])
@@ -260,7 +261,7 @@ def test_resnet_like_caffe_add_rule(resnet):
     assert not caffe.explain(x, target=1, method="eb", layer=second[0]).signal.any()
     assert proportional.explain(x, target=1, method="eb", layer=second[0]).signal.any()
     r = caffe.explain(x, target=1, method="eb", layer=second[1])
-    np.testing.assert_allclose(r.mass["layer"], r.mass["top"], rtol=1e-6)
+    np.testing.assert_allclose(r.mass.layer, r.mass.top, rtol=1e-6)
 
 
 @DTYPES

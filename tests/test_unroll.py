@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.unroll import has_loops, unroll_loops
+from ebr_onnx import EbrError
+from ebr_onnx.passes.unroll import has_loops, unroll_loops
 
 ort = pytest.importorskip("onnxruntime")
 KERAS = Path(__file__).parent / "fixtures" / "keras"

@@ -13,7 +13,7 @@ import pytest
 from onnx import helper
 
 from ebr_onnx import Explainer
-from ebr_onnx.cells import find_cells
+from ebr_onnx.passes.cells import find_cells
 from cell_graphs import walk_to
 
 torch = pytest.importorskip("torch")
@@ -142,8 +142,8 @@ def _close(a: np.ndarray, b: np.ndarray, nonzero: bool = True) -> None:
 def test_same_forward_and_cells_found(models, frames) -> None:
     for act in ("tanh", "relu"):
         fused, unrolled = (Explainer(models[f"{k}_{act}"]) for k in ("fused", "unrolled"))
-        _close(unrolled.runner.run({"frames": frames}, ["logits"])["logits"],
-               fused.runner.run({"frames": frames}, ["logits"])["logits"])
+        _close(unrolled.engine.runner.run({"frames": frames}, ["logits"])["logits"],
+               fused.engine.runner.run({"frames": frames}, ["logits"])["logits"])
         assert [c.step for c in find_cells(unrolled.graph)] == list(range(STEPS))
 
 
@@ -174,8 +174,6 @@ def _classifier(model: onnx.ModelProto) -> str:
 # -- end to end through the public API ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def explain(frames):
-    pytest.importorskip("ebr_onnx.temporal")
-
     def run(model: onnx.ModelProto, method: str, target: int, **options):
         return Explainer(model).explain(frames, target=target, method=method, time_step=-1, **options)
 
@@ -197,8 +195,11 @@ def test_eb_recurrent_maps(models, explain, method: str, rules: str) -> None:
         fused = explain(models["fused_relu"], method, target, recurrent_rules=rules)
         assert len(unrolled.warnings) == len(fused.warnings)  # e.g. a pass with no positive classifier weight
         complete += not fused.warnings
-        for key, signal in fused.info["passes"].items():
-            _close(unrolled.info["passes"][key], signal, nonzero=False)
+        for key in ("pos", "neg"):
+            signal = getattr(fused.info.passes, key)
+            assert (signal is None) == (getattr(unrolled.info.passes, key) is None) == (key == "neg" and method != "cebr")
+            if signal is not None:
+                _close(getattr(unrolled.info.passes, key), signal, nonzero=False)
         _close(unrolled.signal, fused.signal, nonzero=False)
         _close(unrolled.maps, fused.maps, nonzero=False)
     assert complete >= 2  # targets whose passes all reach the frames

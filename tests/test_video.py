@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ebr_onnx.core.errors import EbrError
-from ebr_onnx.video import VideoSource, clips, write_video
+from ebr_onnx import EbrError
+from ebr_onnx.app.video import VideoSource, clips, write_video
 
 DEMO = Path("/work/shared/caffe-release/demo-frames/demo1")
 

@@ -19,6 +19,11 @@ class UnsupportedOpError(EbrError):
         )
 
 
+class ForwardRejected(EbrError):
+    """onnxruntime refused the feeds of a forward pass: a shape the model's declared inputs do not accept, or an
+    error while running on them (e.g. a batch size fixed at export)."""
+
+
 class LoweringFailed(Exception):
     """onnxruntime could not build or run a lowered walk (the walk then runs those nodes rule by rule). Internal:
     never reaches the user."""

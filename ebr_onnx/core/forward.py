@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .backend import ort_providers, require_onnxruntime, session_options
-from .errors import EbrError
+from .errors import EbrError, ForwardRejected
 from .graph import ModelGraph
 
 
@@ -80,7 +80,7 @@ class ForwardRunner:
             weights = self.graph.fed_weights() if self.shares_weights else {}
             values = session.run(list(wanted), {**weights, **feeds}, self._run_options)
         except Exception as exc:
-            raise EbrError(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
+            raise ForwardRejected(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
         direct.update(zip(wanted, values))
         return direct
 
@@ -95,7 +95,7 @@ class ForwardRunner:
             if len(shape) != len(expected) or any(
                 isinstance(e, int) and e != s for e, s in zip(expected, shape)
             ):
-                raise EbrError(
+                raise ForwardRejected(
                     f"input {spec.name!r} has shape {tuple(shape)}, but the model expects {tuple(expected)} "
                     "(strings are free dimensions)"
                 )

@@ -19,11 +19,8 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import EbrError
+from .ops import VALUE_FREE_OPS
 
-#: Ops whose outputs describe a tensor's shape, not its values: signal stops there.
-SHAPE_OPS = frozenset({"Shape", "Size"})
-#: Ops whose outputs never depend on the values of their inputs.
-VALUE_FREE_OPS = SHAPE_OPS | {"ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike"}
 _FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 )
@@ -295,6 +292,19 @@ class ModelGraph:
             n for n in self.topological
             if n.name in upstream and n.op_type not in VALUE_FREE_OPS and any(t in signal for t in n.inputs if t)
         ]
+
+    def trace_down(self, tensor: str, through: frozenset[str]) -> str:
+        """Follow ``tensor`` down through ``through`` ops (their first input) to the tensor a compute op produced."""
+        while tensor in self.producer and self.producer[tensor].op_type in through:
+            tensor = self.producer[tensor].inputs[0]
+        return tensor
+
+    def upstream(self, tensor: str) -> set[str]:
+        """The tensors ``tensor`` is computed from."""
+        if tensor not in self.producer:
+            return set()
+        names = {self.producer[tensor].name} | nx.ancestors(self.nx, self.producer[tensor].name)
+        return {t for name in names for t in self.node_by_name[name].inputs if t}
 
     # -- names ----------------------------------------------------------------------------------------------------
     @cached_property

@@ -17,11 +17,9 @@ from ..core.geometry import ConvGeometry, weight_part
 from ..core.graph import Node
 from ..core.kernels import transpose_as_node
 from ..core.numeric import safe_divide
+from ..core.ops import SIGN_KEEPING_OPS
 from .builder import GraphBuilder, Lowered, lowering
 
-#: Ops whose output is non-negative when their (first) input is: a linear rule below them needs no sign check.
-_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Identity",
-               "Dropout", "Squeeze", "Unsqueeze", "Transpose"}
 
 
 def nonnegative(ctx: RuleContext, name: str) -> bool:
@@ -31,7 +29,7 @@ def nonnegative(ctx: RuleContext, name: str) -> bool:
         return False
     if node.op_type == "Relu":
         return True
-    return node.op_type in _KEEPS_SIGN and nonnegative(ctx, node.inputs[0])
+    return node.op_type in SIGN_KEEPING_OPS and nonnegative(ctx, node.inputs[0])
 
 
 # -- Conv ---------------------------------------------------------------------------------------------------------

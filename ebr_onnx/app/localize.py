@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.errors import EbrError
+from ..core.errors import EbrError
 from .preprocess import CropBox
 
 

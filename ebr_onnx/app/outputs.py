@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from .core.errors import EbrError
+from ..core.errors import EbrError
 from .overlay import evidence_curve_plot, overlay
 from .preprocess import CropBox
 from .video import write_video

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .core.errors import EbrError
+from ..core.errors import EbrError
 from .preprocess import CropBox
 
 

@@ -27,16 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .core.errors import EbrError
-from .core.graph import VALUE_FREE_OPS, ModelGraph, Node
+from ..core.errors import EbrError
+from ..core.graph import ModelGraph, Node
+from ..core.ops import SAME_AXES_OPS, VALUE_FREE_OPS
 
-#: Ops whose output has the same axes as their (first) signal input.
-_SAME_AXES = frozenset({
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Clip", "Identity", "Dropout", "Cast", "Neg",
-    "Abs", "Exp", "Log", "Sqrt", "BatchNormalization", "InstanceNormalization", "LRN", "MaxPool", "AveragePool",
-    "LpPool", "Pad", "Slice", "Split", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Softmax", "Conv",
-    "ConvTranspose", "Resize", "Upsample", "Concat", "GlobalAveragePool", "GlobalMaxPool",
-})
 _ALL = None  # frames: a tensor that depends on more than one frame
 
 
@@ -249,7 +243,7 @@ class _Tracer:
         in_rank, out_rank = self.rank(src), self.rank(out)
         if not in_rank or not out_rank:
             return None, None
-        if op in _SAME_AXES:
+        if op in SAME_AXES_OPS:
             if op == "Concat" and node.attr("axis", 0) % in_rank == axis:
                 return None, None
             return (axis + out_rank - in_rank, None) if out_rank >= in_rank else (None, None)

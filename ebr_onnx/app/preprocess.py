@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .core.errors import EbrError
+from ..core.errors import EbrError
 
 # float32(x / 255) computed in float64, as caffe.io.load_image does (skimage.img_as_float, then astype(float32)).
 _UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)

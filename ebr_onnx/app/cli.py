@@ -10,8 +10,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .core.errors import EbrError
-from .explainer import METHODS
+import numpy as np
+
+from converters.caffe.cli import main as convert_caffe
+
+from ..core.errors import EbrError
+from ..methods import METHODS
+from .demo import run_demo
+from .inspect import describe, format_report
+from .pipeline import GroundOptions, ground
 
 EXIT_USER_ERROR = 2
 
@@ -63,21 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "convert":
-        from converters.caffe.cli import main as convert_caffe
-
         return convert_caffe(args.args)
     if args.command == "inspect":
-        from .inspect import describe, format_report
-
         report = describe(args.model)
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
     if args.command == "demo":
-        from .demo import run_demo
-
         return run_demo(Path(args.out), seed=args.seed, method=args.method, quiet=args.quiet)
-    from .pipeline import GroundOptions, ground
-
     target: str | int | None = args.target
     if target is not None and target.isdigit():
         target = int(target)
@@ -89,8 +88,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     video = args.video
     if video.endswith(".npy"):
-        import numpy as np
-
         video = np.load(video, allow_pickle=False)
     summary = ground(args.model, video, Path(args.out), options)
     for clip in summary["clips"]:

@@ -28,12 +28,10 @@ from functools import cached_property
 from typing import Union
 
 from ..core.graph import ModelGraph, Node
+from ..core.ops import MATRIX_OPS, ROUTING_OPS
 
-#: Ops that move values without changing them, traced through between a gate sum and its gates.
-ROUTING_OPS = frozenset({"Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity"})
 #: Activations of the cell input and the cell state (``act`` above).
 ACTIVATIONS = frozenset({"Tanh", "Relu"})
-LINEAR_OPS = frozenset({"MatMul", "Gemm"})
 #: How far up (in nodes) a recurrent operand may be from ``h_{t-1}``.
 _REACH = 8
 
@@ -295,7 +293,7 @@ class _Matcher:
             for _, node in self.trace_up(operand):
                 if node is None:
                     break
-                if node.op_type in LINEAR_OPS:
+                if node.op_type in MATRIX_OPS:
                     node = next((self.g.producer[t] for t in node.inputs[:2] if self.op(t) == "Mul"), None)
                     if node is None:
                         break
@@ -333,7 +331,7 @@ class _Matcher:
         for _, node in self.trace_up(operand):
             if node is None:
                 break
-            if node.op_type in LINEAR_OPS and sum(self.g.is_constant(t) for t in node.inputs[:2]) == 1:
+            if node.op_type in MATRIX_OPS and sum(self.g.is_constant(t) for t in node.inputs[:2]) == 1:
                 return node, path
             path.append(node.name)
         return None, path

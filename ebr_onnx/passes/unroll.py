@@ -27,13 +27,13 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .core.errors import EbrError
-from .core.graph import ModelGraph
+from ..core.errors import EbrError
+from ..core.graph import ModelGraph
+from ..core.ops import LOOP_OPS
 
-RECURRENT_CONTROL_OPS = frozenset({"Loop", "Scan"})
 #: A ``Loop`` without a trip count must stop by its condition within this many steps.
 MAX_STEPS = 10_000
-_FIX_SHAPES = "fix the shapes with ebr_onnx.unroll.unroll_loops(model, input_shapes={input name: shape})"
+_FIX_SHAPES = "fix the shapes with ebr_onnx.passes.unroll.unroll_loops(model, input_shapes={input name: shape})"
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
@@ -42,7 +42,7 @@ class _NotKnown(Exception):
 
 
 def _is_control(node: onnx.NodeProto) -> bool:
-    return node.op_type in RECURRENT_CONTROL_OPS and node.domain in ("", "ai.onnx")
+    return node.op_type in LOOP_OPS and node.domain in ("", "ai.onnx")
 
 
 def has_loops(model: onnx.ModelProto) -> bool:

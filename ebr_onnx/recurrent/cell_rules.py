@@ -27,7 +27,7 @@ from ..core import registry
 from ..rules.linear import _unbroadcast
 from ..rules.routing import _ints
 from ..core.numeric import safe_divide
-from .match import AnyCell, Cell, GateSum, GruCell
+from ..passes.cells import AnyCell, Cell, GateSum, GruCell
 
 RuleFn = registry.RuleFn
 NeedsFn = Callable[[Node], "list[str] | None"]

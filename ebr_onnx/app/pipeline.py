@@ -12,8 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .core.errors import EbrError
-from .explainer import RECURRENT_METHODS, Explainer
+from ..core.errors import EbrError
+from ..explainer import Explainer
+from ..methods import RECURRENT_METHODS
 from .localize import peaks_to_frame_coords, spatial_peaks, temporal_segment
 from .outputs import progress, write_results
 from .preprocess import Preprocess, get_preset, preprocess

@@ -16,7 +16,7 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .core.errors import EbrError
+from ..core.errors import EbrError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .core.errors import EbrError
-from .core.graph import ModelGraph
+from ..core.errors import EbrError
+from ..core.graph import ModelGraph
 from .metrics import temporal_iou
 from .pipeline import GroundOptions, ground
 from .synthetic import CLASS_NAMES, make_concatenated
 from .video import write_video
 
 #: The bundled model (``models/`` beside the package in a source checkout, as README's install gives).
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "action_lstm.onnx"
+BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "action_lstm.onnx"
 DEMO_FPS = 8.0
 DEFAULT_SEED = 0
 

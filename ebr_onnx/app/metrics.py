@@ -11,7 +11,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .core.errors import EbrError
+from ..core.errors import EbrError
 
 
 class _HitCounter:

@@ -9,12 +9,12 @@ from typing import Any
 
 import onnx
 
-from .core.errors import EbrError
-from .explainer import Explainer
-from .core import registry
-
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-MAP_LAYER_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "BatchNormalization")
+from ..core import registry
+from ..core.errors import EbrError
+from ..core.ops import MAP_LAYER_OPS
+from ..core.targets import dual_nodes
+from ..explainer import Explainer
+from ..recurrent.plan import build_plan
 
 
 def _shape(explainer: Explainer, name: str) -> list[Any] | None:
@@ -48,16 +48,14 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
         "classifier": None,
         "map_layers": [],
     }
-    from .temporal import dual_nodes, plan
-
     try:
-        names = sorted(dual_nodes(ex, logits, None))
+        names = sorted(dual_nodes(graph, ex.engine.signal, logits, None))
         report["classifier"] = names[0] if len(names) == 1 else names
     except EbrError as exc:
         report["classifier_problem"] = str(exc)
 
     try:
-        parts = plan(ex, logits, None)
+        parts = build_plan(ex.engine, logits, None)
     except EbrError as exc:
         report["recurrence_problem"] = str(exc)
         parts = None
@@ -96,7 +94,7 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
 def _lowered_run(ex: Explainer, path: list) -> dict[str, Any] | None:
     """The bottom run of the walk to the input that the CPU runs as one onnxruntime graph (EB mode), if any."""
     shapes = {k: v for k, v in ex.graph.shapes.items() if v is not None}
-    ctx = ex.context("eb", {}, shapes)
+    ctx = ex.engine.context("eb", {}, shapes)
     try:
         below, _ = ctx.lowerer.split(ctx, path) if ctx.lowerer is not None else ([], path)
     except KeyError:  # a shape onnx could not infer: the walk decides on the concrete shapes

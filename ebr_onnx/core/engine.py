@@ -1,0 +1,116 @@
+"""A model loaded for explanation: :class:`Engine` holds what every method uses — the graph, the forward runner, the
+kernel cache, the array module, the rule options and the lowerer — and the plumbing of one walk (feeds, shapes,
+captures, rule contexts). Methods receive the engine, never the :class:`~ebr_onnx.Explainer`."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any, Callable, ContextManager, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .backend import array_module
+from .context import Lowerer, RuleContext, RuleFn
+from .errors import EbrError
+from .forward import ForwardRunner
+from .graph import ModelGraph, Node
+from .kernels import KernelCache, blas_threads
+from .options import RuleOptions
+from .walk import required_values
+
+
+class Engine:
+    """The loaded model and the machinery of its walks (on the CPU: onnxruntime kernels and the ``lowerer``)."""
+
+    def __init__(self, graph: ModelGraph, *, device: str, input_name: str | None, labels: list[str] | None,
+                 batch_size: int, dtype: Any, threads: int | None, options: RuleOptions,
+                 lowerer: Lowerer | None) -> None:
+        if input_name is not None and input_name not in graph.inputs:
+            raise EbrError(f"input {input_name!r} is not a model input; inputs: {', '.join(graph.inputs)}")
+        if not graph.inputs:
+            raise EbrError("the model has no inputs")
+        if batch_size < 1:
+            raise EbrError(f"batch_size must be at least 1, not {batch_size}")
+        self.graph = graph
+        self.device = device
+        self.xp = array_module(device)
+        self.threads = threads
+        self.runner = ForwardRunner(graph, device, threads)
+        self.kernels = KernelCache(threads) if device == "cpu" else None
+        self.lowerer = lowerer if self.kernels is not None else None
+        self.input_name = input_name or graph.inputs[0]
+        self.labels = labels
+        self.batch_size = batch_size
+        self.dtype = np.dtype(dtype)
+        self.options = options
+        #: The tensors that carry signal from the explained input.
+        self.signal = graph.signal_tensors([self.input_name])
+
+    # -- inputs ---------------------------------------------------------------------------------------------------
+    def feeds(self, inputs: np.ndarray | Mapping[str, np.ndarray], extra_inputs: Mapping[str, Any] | None = None
+              ) -> dict[str, np.ndarray]:
+        """The forward feeds: the explained input, user extras, and defaults recorded in the model's metadata."""
+        feeds = dict(inputs) if isinstance(inputs, Mapping) else {self.input_name: inputs}
+        feeds.update(extra_inputs or {})
+        if self.input_name not in feeds:
+            raise EbrError(f"no array given for the model input {self.input_name!r}")
+        defaults = self.graph.metadata_json("ebr_onnx.input_defaults", {}) or {}
+        for name in self.graph.inputs:
+            if name not in feeds and name in defaults:
+                feeds[name] = np.asarray(defaults[name])
+        for name, value in list(feeds.items()):
+            if name not in self.graph.inputs:
+                raise EbrError(f"{name!r} is not a model input; inputs: {', '.join(self.graph.inputs)}")
+            array = np.asarray(value)
+            if array.dtype.kind == "f":
+                if not np.isfinite(array).all():
+                    raise EbrError(f"input {name!r} contains NaN or infinite values")
+                array = array.astype(_onnx_float(self.graph.elem_types.get(name)), copy=False)
+            feeds[name] = array
+        return feeds
+
+    def batches(self, feeds: dict[str, np.ndarray]) -> list[tuple[slice, dict[str, np.ndarray]]]:
+        """The examples of each chunk and its feeds: the explained input split along axis 0 into ``batch_size``
+        chunks where the model's batch axis is free (one chunk otherwise)."""
+        shape = self.graph.shapes.get(self.input_name) or ()
+        x = feeds[self.input_name]
+        free = bool(shape) and not isinstance(shape[0], int)
+        if not free or x.shape[0] <= self.batch_size or any(
+            k != self.input_name and np.ndim(v) and np.shape(v)[0] == x.shape[0] for k, v in feeds.items()
+        ):
+            return [(slice(0, x.shape[0]), feeds)]
+        return [(slice(i, i + self.batch_size), {**feeds, self.input_name: x[i:i + self.batch_size]})
+                for i in range(0, x.shape[0], self.batch_size)]
+
+    # -- one walk -------------------------------------------------------------------------------------------------
+    def shapes_for(self, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        return self.graph.concrete_shapes({k: tuple(np.shape(v)) for k, v in feeds.items()})
+
+    def capture_plan(self, nodes: Sequence[Node], mode: str, shapes: Mapping[str, tuple[int, ...]],
+                     extra: Sequence[str] = (), overrides_needs: Callable[[Node], list[str] | None] | None = None
+                     ) -> list[str]:
+        """The tensors to capture: what the rules read, plus signal inputs whose shapes are not known statically."""
+        names = required_values(nodes, mode, overrides_needs) | set(extra)
+        for node in nodes:
+            names.update(t for t in node.inputs if t in self.signal and t not in shapes)
+        return sorted(n for n in names if n and not self.graph.is_constant(n))
+
+    def context(self, mode: str, values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *,
+                negated: frozenset[str] = frozenset(), overrides: Mapping[str, RuleFn] | None = None,
+                recurrent_rules: str | None = None, owns_values: bool = False) -> RuleContext:
+        """A rule context over these captures, with the engine's options (``recurrent_rules`` replacing its rule
+        set for one walk)."""
+        options = self.options if recurrent_rules is None else replace(self.options, recurrent_rules=recurrent_rules)
+        return RuleContext(self.graph, self.xp, mode, values, shapes, self.signal, dtype=self.dtype,
+                           negated=negated, overrides=dict(overrides or {}), options=options, kernels=self.kernels,
+                           lowerer=self.lowerer, owns_values=owns_values)
+
+    def blas(self) -> ContextManager[Any]:
+        """On the CPU, NumPy's BLAS runs single-threaded during a walk: its busy-waiting workers would compete with
+        onnxruntime's threads for the cores (see :func:`ebr_onnx.core.kernels.blas_threads`)."""
+        return blas_threads(1) if self.kernels is not None else nullcontext()
+
+
+def _onnx_float(elem_type: int | None) -> Any:
+    return {onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16}.get(elem_type or 1, np.float32)

@@ -1,0 +1,73 @@
+"""Time in a recurrent model's output: its time axis (traced from the recurrence, ``time_axis=`` overriding), the
+explained steps (``time_step``), and the prior placed at them (Alg. 1)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..core.errors import EbrError
+from ..core.graph import ModelGraph
+from ..core.request import TimeStep
+from ..core.targets import Target, target_classes
+from .frames import UNTRACED, trace_time_axis
+from .plan import Plan
+
+
+def time_axis(graph: ModelGraph, shapes: Mapping[str, tuple], p: Plan, out: np.ndarray, frames: int,
+              given: int | None) -> int | None:
+    """The logits' time axis: ``given``, else traced from the last recurrent op's Y (:func:`frames.trace_time_axis`:
+    through per-step classifier copies too), else the only non-class axis of the frames' length."""
+    if given is not None:
+        if not -out.ndim <= given < out.ndim or given % out.ndim == out.ndim - 1:
+            raise EbrError(f"time_axis {given} is not a non-class axis of the output of shape {out.shape}")
+        return given % out.ndim
+    shapes = {**shapes, p.logits: out.shape}
+    if p.recurrent:
+        last = p.recurrent[-1]
+        traced = trace_time_axis(graph, shapes, last.outputs[0], int(last.attr("layout", 0)), p.logits)
+        if traced is not UNTRACED:
+            return traced
+    candidates = [a for a in range(out.ndim - 1) if out.shape[a] == frames]
+    if len(candidates) > 1:
+        raise EbrError(f"cannot tell the time axis of the output of shape {out.shape}; pass time_axis=…")
+    return candidates[0] if candidates else None
+
+
+def time_steps(time_step: TimeStep, length: int | None) -> list[int]:
+    """The explained steps of an output with ``length`` steps (None: no time axis), sorted, negatives resolved."""
+    if length is None:
+        if time_step in ("all", -1) or (isinstance(time_step, Sequence) and list(time_step) == [-1]):
+            return [0]
+        raise EbrError(f"the output has no time axis (the classifier sees one step), so time_step={time_step!r} "
+                       "cannot be chosen; use -1")
+    if time_step == "all":
+        return list(range(length))
+    if isinstance(time_step, str):
+        raise EbrError(f"time_step must be an int, a list of ints or 'all', not {time_step!r}")
+    steps = [time_step] if isinstance(time_step, (int, np.integer)) else list(time_step)
+    for s in steps:
+        if not -length <= int(s) < length:
+            raise EbrError(f"time_step {s} is out of range: the output has {length} time steps")
+    return sorted({int(s) % length for s in steps})
+
+
+def top_signal(labels: Sequence[str] | None, out: np.ndarray, axis: int | None, target: Target,
+               prior: np.ndarray | None, time_step: TimeStep, logits: str, dtype: np.dtype
+               ) -> tuple[np.ndarray, int, list[int]]:
+    """The prior (Alg. 1): a one-hot 1.0 (or the user's ``prior`` vector) on the class axis at each chosen step."""
+    steps = time_steps(time_step, None if axis is None else out.shape[axis])
+    if int(np.prod([out.shape[a] for a in range(out.ndim - 1) if a != axis])) != 1:
+        raise EbrError(f"the output {logits!r} has shape {out.shape}: recurrent methods explain one clip per call")
+    moved = out[None] if axis is None else np.moveaxis(out, axis, 0)  # (steps, 1…, classes)
+    per_step = moved.reshape(moved.shape[0], -1)
+    classes = per_step.shape[1]
+    if prior is not None and np.shape(prior)[-1] != classes:
+        raise EbrError(f"prior has {np.shape(prior)[-1]} entries, the output has {classes} classes")
+    if isinstance(target, (list, tuple)) and len(target) != 1:
+        raise EbrError(f"{len(target)} targets given; recurrent methods explain one clip per call")
+    (k,) = target_classes(labels, target, per_step[-1:])
+    top = np.zeros(per_step.shape, dtype)
+    top[steps] = np.asarray(prior, dtype) if prior is not None else np.eye(classes, dtype=dtype)[k]
+    top = top.reshape(moved.shape)
+    return (top[0] if axis is None else np.moveaxis(top, 0, axis)), k, steps
