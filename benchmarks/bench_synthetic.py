@@ -27,13 +27,18 @@ import numpy as np
 
 from ebr_onnx import Explainer
 from ebr_onnx.app.demo import bundled_model
-from ebr_onnx.app.localize import (best_window, peaks_to_frame_coords, probability_segment, probability_window,
-                               spatial_peaks, temporal_segment)
+from ebr_onnx.app.localize import (
+    best_window,
+    peaks_to_frame_coords,
+    probability_segment,
+    probability_window,
+    spatial_peaks,
+    temporal_segment,
+)
 from ebr_onnx.app.metrics import PointingGame, mean_average_precision
 from ebr_onnx.app.pipeline import model_preprocess, softmax
 from ebr_onnx.app.preprocess import preprocess
 from ebr_onnx.app.synthetic import CLASS_NAMES, make_clip, make_concatenated
-
 
 #: The Table 2 columns: (name, method, recurrent rule set).
 COLUMNS = (("EB-R", "ebr", "caffe"), ("cEB-R", "cebr", "caffe"), ("cEB-R exc.", "cebr", "excitation"))

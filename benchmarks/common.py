@@ -45,9 +45,9 @@ def eb_convolutions(model: str, feeds: dict, threads: int) -> Callable[[], objec
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
+    from ebr_onnx.core.geometry import ConvGeometry
     from ebr_onnx.core.graph import ModelGraph
     from ebr_onnx.core.kernels import transpose_as_node
-    from ebr_onnx.core.geometry import ConvGeometry
 
     graph = ModelGraph(model)
     shapes = graph.concrete_shapes({k: np.shape(v) for k, v in feeds.items()})

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ebr_onnx.passes.cells import find_cells
-from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
 from ebr_onnx import Explainer
 from ebr_onnx.core.walk import walk
+from ebr_onnx.passes.cells import find_cells
+from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
 
 OPSET = 17
 

@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ebr_onnx.core.context import RuleContext
 from ebr_onnx.core.forward import ForwardRunner
 from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.core.kernels import KernelCache
-from ebr_onnx.core.context import RuleContext
 from ebr_onnx.core.options import RuleOptions
 from ebr_onnx.core.walk import required_values, walk
 from ebr_onnx.lowering import Lowering

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from caffe_nets import SHARED, caffemodel_bytes, input_layer, layer, run, write_net
+
 from converters.caffe import CaffeConversionError, convert_caffe
 from converters.caffe.cli import main
 

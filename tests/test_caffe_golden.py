@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from ebr_onnx import Explainer
+from ebr_onnx.core.walk import walk
 from ebr_onnx.passes.cells import find_cells
 from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
-from ebr_onnx.core.walk import walk
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "vgg16_lstm_small_a"
 pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden is not present")

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 from caffe_nets import input_layer, layer, run, write_net
+
 from converters.caffe import convert_caffe
 
 RNG = np.random.default_rng(0)

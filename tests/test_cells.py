@@ -11,18 +11,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from caffe_nets import input_layer, layer, write_net
+from cell_graphs import Weights, fused_gru, fused_lstm, release_pass, unrolled_gru, unrolled_lstm, walk_to
 from onnx import helper
 
-from caffe_nets import input_layer, layer, write_net
 from converters.caffe import convert_caffe
-from ebr_onnx.passes.cells import Cell, GruCell, find_cells
-from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
-from ebr_onnx import EbrError
-from ebr_onnx import Explainer
+from ebr_onnx import EbrError, Explainer
 from ebr_onnx.core.graph import ModelGraph
+from ebr_onnx.passes.cells import Cell, GruCell, find_cells
 from ebr_onnx.passes.unroll import unroll_loops
-
-from cell_graphs import Weights, fused_gru, fused_lstm, release_pass, unrolled_gru, unrolled_lstm, walk_to
+from ebr_onnx.recurrent.cell_rules import cell_needs
 
 STEPS = 5
 KERAS = Path(__file__).parent / "fixtures" / "keras"

@@ -10,9 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx import EbrError
-from ebr_onnx.recurrent.frames import UNTRACED, FrameLayout, frame_layout, input_time_axis, trace_time_axis
 from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.passes.unroll import unroll_loops
+from ebr_onnx.recurrent.frames import UNTRACED, FrameLayout, frame_layout, input_time_axis, trace_time_axis
 
 ort = pytest.importorskip("onnxruntime")
 KERAS = Path(__file__).parent / "fixtures" / "keras"

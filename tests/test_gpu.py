@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ebr_onnx import EbrError, Explainer
-from ebr_onnx.core.backend import array_module
 from ebr_onnx.app.demo import BUNDLED_MODEL
+from ebr_onnx.core.backend import array_module
 
 
 def _gpu_available() -> bool:

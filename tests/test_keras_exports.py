@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx import Explainer
-from ebr_onnx.recurrent.frames import frame_layout
 from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.core.targets import dual_nodes
 from ebr_onnx.passes.unroll import has_loops, unroll_loops
+from ebr_onnx.recurrent.frames import frame_layout
 
 ort = pytest.importorskip("onnxruntime")
 KERAS = Path(__file__).parent / "fixtures" / "keras"

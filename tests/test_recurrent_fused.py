@@ -12,8 +12,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.core.context import RuleContext
+from ebr_onnx.core.graph import ModelGraph
 from ebr_onnx.core.options import RuleOptions
 from ebr_onnx.core.walk import walk
 

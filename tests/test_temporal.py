@@ -18,9 +18,8 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.caffe import convert_caffe
+from ebr_onnx import EbrError, Explainer
 from ebr_onnx.recurrent import cnn_pass
-from ebr_onnx import EbrError
-from ebr_onnx import Explainer
 
 T, K = 6, 5
 

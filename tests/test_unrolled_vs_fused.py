@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 import onnx
 import pytest
+from cell_graphs import walk_to
 from onnx import helper
 
 from ebr_onnx import Explainer
 from ebr_onnx.passes.cells import find_cells
-from cell_graphs import walk_to
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -6,6 +6,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
+from .backend import to_numpy
 from .graph import ModelGraph, Node
 from .kernels import KernelCache
 from .options import RuleOptions
@@ -82,6 +83,14 @@ class RuleContext:
         if key not in self._device_cache:
             self._device_cache[key] = make()
         return self._device_cache[key]
+
+    def ints(self, node: Node, index: int, attr: str) -> list[int] | None:
+        """Integer parameters of ``node`` given as input ``index`` (newer opsets) or as attribute ``attr`` (older),
+        else None."""
+        if len(node.inputs) > index and node.inputs[index]:
+            return [int(v) for v in np.asarray(to_numpy(self.value(node.inputs[index]))).ravel()]
+        value = node.attr(attr)
+        return None if value is None else [int(v) for v in np.ravel(value)]
 
     def weight(self, node: Node, index: int) -> Any:
         """Input ``index`` of ``node`` as a weight, negated when ``node`` is the contrastive dual's classifier."""

@@ -25,3 +25,13 @@ def safe_divide(xp: Any, numerator: Any, denominator: Any, *, overwrite: bool = 
 def sigmoid(xp: Any, x: Any) -> Any:
     """σ(x) = (1 + tanh(x/2)) / 2: equal to 1/(1+e⁻ˣ), without its overflow for large negative x."""
     return 0.5 * (1 + xp.tanh(0.5 * x))
+
+
+def unbroadcast(xp: Any, grad: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``grad`` over the axes that broadcasting added or stretched, back to ``shape``."""
+    while grad.ndim > len(shape):
+        grad = grad.sum(axis=0)
+    for axis, size in enumerate(shape):
+        if size == 1 and grad.shape[axis] != 1:
+            grad = grad.sum(axis=axis, keepdims=True)
+    return grad

@@ -21,7 +21,6 @@ from ..core.ops import SIGN_KEEPING_OPS
 from .builder import GraphBuilder, Lowered, lowering
 
 
-
 def nonnegative(ctx: RuleContext, name: str) -> bool:
     """Whether ``name`` is ≥ 0 by construction (a ReLU output, or one routed or pooled from it)."""
     node = ctx.graph.producer.get(name)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from ..core import registry
 from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.graph import ModelGraph, Node
-from ..core import registry
-from ..rules.linear import _unbroadcast
-from ..rules.routing import _ints
-from ..core.numeric import safe_divide
+from ..core.numeric import safe_divide, unbroadcast
 from ..passes.cells import AnyCell, Cell, GateSum, GruCell
+from ..rules.routing import slices
 
 RuleFn = registry.RuleFn
 NeedsFn = Callable[[Node], "list[str] | None"]
@@ -41,18 +40,18 @@ def _gradient(node: Node) -> registry.RuleSpec:
     return spec
 
 
-def _per_input(ctx, node: Node, given: dict[str, Any]) -> list[Any]:
-    return [_unbroadcast(ctx.xp, given[t], ctx.shape(t)) if t in given else None for t in node.inputs]
+def _per_input(ctx: RuleContext, node: Node, given: dict[str, Any]) -> list[Any]:
+    return [unbroadcast(ctx.xp, given[t], ctx.shape(t)) if t in given else None for t in node.inputs]
 
 
 # -- rules ----------------------------------------------------------------------------------------------------------
-def _gradient_rule(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def _gradient_rule(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """The exact derivative of the op (the release's LSTMUnit backward, spec §3.2)."""
     return _gradient(node).fn(node, ctx, signals)
 
 
 def _to_operand(keep: str) -> RuleFn:
-    def rule(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    def rule(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
         """The whole signal to one operand: a gate sum's input operand (release, spec §2.5, §3.3), the non-gate factor
         of ``Mul(gate, v)`` (Eqs. 1, 3: the gate is a weight), ``h_{t−1}`` of the GRU's ``h_{t−1} − h̃``."""
         return _per_input(ctx, node, {keep: signals[0]})
@@ -60,12 +59,12 @@ def _to_operand(keep: str) -> RuleFn:
     return rule
 
 
-def _pass_through(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def _pass_through(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """An activation inside the unit passes the signal through unchanged (as the fused ops' excitation rule)."""
     return [signals[0]]
 
 
-def _proportional(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def _proportional(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """A state sum ``Σ_k term_k``: ``p_k = p ⊙ term_k ⊘₀ Σ term`` (Eqs. 1, 3 with the gates as weights; the terms
     are non-negative in a ReLU cell)."""
     xp, p = ctx.xp, signals[0]
@@ -75,7 +74,7 @@ def _proportional(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 def _interpolation(z: str, h_prev: str, candidate: str) -> RuleFn:
-    def rule(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    def rule(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
         """``h_t = h̃ + z ⊙ (h_{t−1} − h̃)`` read as ``z ⊙ h_{t−1} + (1 − z) ⊙ h̃``: h̃ gets ``p ⊙ (1−z)h̃ ⊘₀ s``, the
         product (and through it ``h_{t−1}``) ``p ⊙ z h_{t−1} ⊘₀ s``, ``s`` = their sum (the fused GRU's rule)."""
         xp, p = ctx.xp, signals[0]
@@ -116,7 +115,7 @@ class _Contribution:
         return [self.x] + [t for node, into, _ in self.steps if node.op_type in ("Mul", "Gather", "Slice")
                            for t in node.inputs if t and t != into]
 
-    def _forward(self, ctx, x: Any, w: Any) -> Any:
+    def _forward(self, ctx: RuleContext, x: Any, w: Any) -> Any:
         a, b = (w, x) if self.weight_at == 0 else (x, w)
         if self.node.op_type == "Gemm":
             a = a.T if int(self.node.attr("transA", 0)) else a
@@ -136,28 +135,22 @@ class _Contribution:
                 self._forward(ctx, xp.minimum(x, 0), xp.minimum(w, 0))
         return self._forward(ctx, x, xp.maximum(w, 0))
 
-    def __call__(self, ctx) -> Any:
+    def __call__(self, ctx: RuleContext) -> Any:
         z = self.projected(ctx)
         for node, into, out in self.steps:
             z = _FORWARD[node.op_type](ctx, node, z, into, out)
         return z
 
 
-def _gather(ctx, node: Node, z: Any, into: str, out: str) -> Any:
+def _gather(ctx: RuleContext, node: Node, z: Any, into: str, out: str) -> Any:
     return ctx.xp.take(z, ctx.xp.asarray(ctx.value(node.inputs[1])), axis=int(node.attr("axis", 0)))
 
 
-def _slice(ctx, node: Node, z: Any, into: str, out: str) -> Any:
-    starts, ends = _ints(ctx, node, 1, "starts"), _ints(ctx, node, 2, "ends")
-    axes = _ints(ctx, node, 3, "axes") or list(range(len(starts)))
-    steps = _ints(ctx, node, 4, "steps") or [1] * len(starts)
-    index = [slice(None)] * z.ndim
-    for a, s, e, k in zip(axes, starts, ends, steps):
-        index[a % z.ndim] = slice(s, e, k)
-    return z[tuple(index)]
+def _slice(ctx: RuleContext, node: Node, z: Any, into: str, out: str) -> Any:
+    return z[slices(ctx, node, z.shape)]
 
 
-def _split(ctx, node: Node, z: Any, into: str, out: str) -> Any:
+def _split(ctx: RuleContext, node: Node, z: Any, into: str, out: str) -> Any:
     axis = int(node.attr("axis", 0)) % z.ndim
     sizes = [ctx.shape(o)[axis] for o in node.outputs]
     start = sum(sizes[:node.outputs.index(out)])
@@ -166,11 +159,11 @@ def _split(ctx, node: Node, z: Any, into: str, out: str) -> Any:
     return z[tuple(index)]
 
 
-def _reshape(ctx, node: Node, z: Any, into: str, out: str) -> Any:
+def _reshape(ctx: RuleContext, node: Node, z: Any, into: str, out: str) -> Any:
     return z.reshape(ctx.shape(out))
 
 
-def _gate_product(ctx, node: Node, z: Any, into: str, out: str) -> Any:
+def _gate_product(ctx: RuleContext, node: Node, z: Any, into: str, out: str) -> Any:
     return z * ctx.value(node.inputs[1] if node.inputs[0] == into else node.inputs[0])
 
 
@@ -191,7 +184,7 @@ def _z_split(graph: ModelGraph, gate_sum: GateSum) -> tuple[RuleFn, list[str]]:
         parts[gate_sum.recurrent_operand] = _Contribution(graph, gate_sum.recurrent_projection,
                                                           gate_sum.recurrent_operand, gate_sum.recurrent_path)
 
-    def rule(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+    def rule(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
         """Gate sum: ``p_k = p ⊙ Z_k⁺ ⊘₀ (Z_x⁺ + Z_h⁺)`` (one Eq. 8 normaliser over x_t and h_{t−1})."""
         xp, p = ctx.xp, signals[0]
         z = {t: part(ctx) for t, part in parts.items() if ctx.is_signal(t)}

@@ -30,6 +30,7 @@ import numpy as np
 from ..core.errors import EbrError
 from ..core.graph import ModelGraph, Node
 from ..core.ops import SAME_AXES_OPS, VALUE_FREE_OPS
+from ..core.slicing import slice_index
 
 _ALL = None  # frames: a tensor that depends on more than one frame
 
@@ -190,12 +191,14 @@ class _Tracer:
             axes = np.arange(len(starts)) if axes is None and starts is not None else axes
             if starts is None or ends is None or axes is None or (steps is not None and np.any(steps != 1)):
                 return None
-            for s, e, a in zip(starts, ends, axes):
-                if int(a) % rank == axis:
-                    s = int(np.clip(s + self.steps if s < 0 else s, 0, self.steps))
-                    e = int(np.clip(e + self.steps if e < 0 else e, 0, self.steps))
-                    return [s] if e - s == 1 else None
-            return None
+            axes = [int(a) % rank for a in np.ravel(axes)]
+            if axis not in axes:
+                return None
+            shape = [1] * rank
+            shape[axis] = self.steps
+            index = slice_index(shape, [int(v) for v in np.ravel(starts)], [int(v) for v in np.ravel(ends)], axes)
+            picked = range(*index[axis].indices(self.steps))
+            return list(picked) if len(picked) == 1 else None
         if op == "Split" and node.attr("axis", 0) % rank == axis:
             sizes = [self.shapes.get(o, (None,) * rank)[axis] for o in node.outputs]
             return list(range(self.steps)) if all(s == 1 for s in sizes) and len(sizes) == self.steps else None

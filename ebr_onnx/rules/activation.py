@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..core.context import RuleContext
 from ..core.graph import Node
 from ..core.registry import needs_input, needs_inputs, needs_output, rule
 
 
 @rule("Relu", needs=needs_output)
-def relu(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def relu(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p ⊙ [x > 0]``, read as ``[y > 0]`` from the output ``y = max(x, 0)``: the linear rule below reads
     ``y`` too, so the forward hands over one tensor per ReLU instead of two."""
     return [signals[0] * (ctx.value(node.outputs[0]) > 0)]
 
 
 @rule("LeakyRelu", needs=needs_input)
-def leaky_relu(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def leaky_relu(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p ⊙ (1 if x > 0 else alpha)`` (the gradient; ``alpha`` defaults to 0.01)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
@@ -29,7 +30,7 @@ def leaky_relu(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("PRelu", needs=needs_inputs)
-def prelu(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def prelu(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p ⊙ (1 if x > 0 else slope)`` (the gradient; the slope is a weight and takes no signal)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
@@ -37,7 +38,7 @@ def prelu(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("Clip", needs=needs_inputs)
-def clip(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def clip(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p ⊙ [min ≤ x ≤ max]`` (the gradient of ``clamp``; bounds from attributes before opset 11, from the
     optional inputs 1 and 2 after; a missing bound is unbounded)."""
     xp = ctx.xp

@@ -25,23 +25,25 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from ..core.activations import ACTIVATIONS, OP_ACTIVATIONS
+from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.graph import Node
-from .linear import _unbroadcast, excitation
+from ..core.numeric import safe_divide, unbroadcast
 from ..core.registry import needs_input, needs_inputs, needs_nothing, needs_output, rule
-from ..core.numeric import safe_divide, sigmoid
+from .linear import excitation
 
 
-def _to_inputs(ctx, node: Node, per_input: Sequence[Any]) -> list[Any]:
+def _to_inputs(ctx: RuleContext, node: Node, per_input: Sequence[Any]) -> list[Any]:
     """Output-shaped signals, one per input (``None`` for none), summed back to each input's shape."""
-    return [None if s is None else _unbroadcast(ctx.xp, s, ctx.shape(t)) for t, s in zip(node.inputs, per_input)]
+    return [None if s is None else unbroadcast(ctx.xp, s, ctx.shape(t)) for t, s in zip(node.inputs, per_input)]
 
 
-def _signal_mask(ctx, node: Node) -> list[bool]:
+def _signal_mask(ctx: RuleContext, node: Node) -> list[bool]:
     return [ctx.is_signal(t) for t in node.inputs]
 
 
-def _pass_through_warning(ctx, node: Node) -> None:
+def _pass_through_warning(ctx: RuleContext, node: Node) -> None:
     ctx.warn_once(
         "non-relu-activation",
         f"node {node.name!r} ({node.op_type}) is not a ReLU-family activation; EB passes its signal through "
@@ -50,14 +52,14 @@ def _pass_through_warning(ctx, node: Node) -> None:
 
 
 # -- Add / Sum / Sub ----------------------------------------------------------------------------------------------
-def _proportional(ctx, p: Any, parts: Sequence[Any]) -> list[Any]:
+def _proportional(ctx: RuleContext, p: Any, parts: Sequence[Any]) -> list[Any]:
     """``p_k = p ⊙ c_k ⊘₀ Σ_j c_j`` for non-negative contributions ``c_k`` (``None``: no share)."""
     q = safe_divide(ctx.xp, p, sum(c for c in parts if c is not None))
     return [None if c is None else c * q for c in parts]
 
 
 @rule(["Add", "Sum"], modes=("eb",), needs=needs_inputs)
-def add_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def add_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p_k = p ⊙ x_k⁺ ⊘₀ Σ_j x_j⁺`` over signal operands (Eq. 8, unit weights; non-signal operands are biases)."""
     p, mask = signals[0], _signal_mask(ctx, node)
     if sum(mask) < 2:
@@ -69,13 +71,13 @@ def add_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule(["Add", "Sum"], modes=("grad",))
-def add_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def add_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p_k = p`` for every signal operand (summed over broadcast axes)."""
     return _to_inputs(ctx, node, [signals[0] if m else None for m in _signal_mask(ctx, node)])
 
 
 @rule("Sub", modes=("eb",), needs=needs_inputs)
-def sub_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def sub_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """Sub(a, b) = Add(a, −b): ``q = p ⊘₀ (a⁺ + (−b)⁺)``, ``p_a = a⁺ q``, ``p_b = (−b)⁺ q``; with one signal operand
     the other is a bias and the signal operand gets ``p``."""
     xp, p, mask = ctx.xp, signals[0], _signal_mask(ctx, node)
@@ -86,20 +88,20 @@ def sub_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("Sub", modes=("grad",))
-def sub_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def sub_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p_a = p``, ``p_b = −p``."""
     p, (ma, mb) = signals[0], _signal_mask(ctx, node)
     return _to_inputs(ctx, node, [p if ma else None, -p if mb else None])
 
 
 # -- Mul / Div ----------------------------------------------------------------------------------------------------
-def _scaled(ctx, node: Node, x: Any, p: Any, factor: Any) -> Any:
+def _scaled(ctx: RuleContext, node: Node, x: Any, p: Any, factor: Any) -> Any:
     """Single-parent Eq. 8 of ``y = c ⊙ x``: ``x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (the shared EB identity of linear.py)."""
     return excitation(ctx, node, x, p, factor, lambda v, k: v * k, lambda q, k: q * k)
 
 
 @rule("Mul", modes=("eb",), needs=needs_inputs)
-def mul_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def mul_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``y = c ⊙ x``: ``p' = x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (Eq. 8, one parent); two signal operands: ``p/2`` each."""
     p, mask = signals[0], _signal_mask(ctx, node)
     if all(mask):
@@ -114,7 +116,7 @@ def mul_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("Mul", modes=("grad",), needs=needs_inputs)
-def mul_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def mul_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """The product rule: ``p_a = p ⊙ b``, ``p_b = p ⊙ a``."""
     p, (ma, mb) = signals[0], _signal_mask(ctx, node)
     a, b = (ctx.value(t) for t in node.inputs)
@@ -122,7 +124,7 @@ def mul_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("Div", modes=("eb",), needs=needs_inputs)
-def div_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def div_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``y = a / b`` as ``a ⊙ (1/b)``: Eq. 8 with factor ``1/b`` for the numerator; the denominator gets nothing,
     unless it is the only signal operand, which then gets ``p`` (identity, with a warning)."""
     p = signals[0]
@@ -134,7 +136,7 @@ def div_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("Div", modes=("grad",), needs=needs_inputs)
-def div_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def div_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p_a = p / b``, ``p_b = −p ⊙ a / b²``."""
     p, (ma, mb) = signals[0], _signal_mask(ctx, node)
     a, b = (ctx.value(t) for t in node.inputs)
@@ -143,7 +145,7 @@ def div_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 # -- normalisations -----------------------------------------------------------------------------------------------
 @rule(["BatchNormalization", "LRN"], modes=("eb",))
-def normalisation_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def normalisation_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p``: the release copies the signal through BatchNorm, Scale and LRN (spec §2.4)."""
     return [signals[0]] + [None] * (len(node.inputs) - 1)
 
@@ -153,7 +155,7 @@ def _bn_needs(node: Node) -> list[str]:
 
 
 @rule("BatchNormalization", modes=("grad",), needs=_bn_needs)
-def batch_norm_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def batch_norm_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p ⊙ γ / √(var + ε)`` per channel (inference mode: the statistics are constants)."""
     if int(node.attr("training_mode", 0)):
         raise EbrError(f"BatchNormalization node {node.name!r} is in training mode; export the model in eval mode")
@@ -172,7 +174,7 @@ def _channel_window_sum(xp, v: Any, before: int, after: int) -> Any:
 
 
 @rule("LRN", modes=("grad",), needs=needs_input)
-def lrn_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def lrn_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``y_c = x_c d_c^{−β}``, ``d_c = bias + α/size Σ_{c'∈w(c)} x_{c'}²`` with ``w(c) = [c − ⌊(size−1)/2⌋,
     c + ⌈(size−1)/2⌉]``; ``p'_k = p_k d_k^{−β} − (2αβ/size) x_k Σ_{c: k∈w(c)} p_c x_c d_c^{−β−1}``."""
     xp = ctx.xp
@@ -188,13 +190,13 @@ def lrn_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 # -- softmax and smooth activations -------------------------------------------------------------------------------
 @rule(["Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "HardSigmoid",
        "HardSwish", "Erf"], modes=("eb",), needs=needs_nothing)
-def smooth_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def smooth_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p`` (identity; see the module docstring), with a warning naming the first such node."""
     _pass_through_warning(ctx, node)
     return [signals[0]]
 
 
-def _softmax_axes(node: Node, ctx, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+def _softmax_axes(node: Node, ctx: RuleContext, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
     """The normalised axis and the 2-D view of opsets < 13 (``axis`` default 1, flattened), else the plain shape."""
     if ctx.graph.opset >= 13:
         return int(node.attr("axis", -1)) % len(shape), shape
@@ -204,7 +206,7 @@ def _softmax_axes(node: Node, ctx, shape: tuple[int, ...]) -> tuple[int, tuple[i
 
 
 @rule(["Softmax", "LogSoftmax"], modes=("grad",), needs=needs_output)
-def softmax_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def softmax_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """Softmax: ``p' = y ⊙ (p − Σ_axis p ⊙ y)``; LogSoftmax: ``p' = p − e^y Σ_axis p``."""
     xp = ctx.xp
     p = signals[0]
@@ -216,47 +218,6 @@ def softmax_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     else:
         out = q - xp.exp(y) * q.sum(axis=axis, keepdims=True)
     return [out.reshape(p.shape)]
-
-
-def _d_sigmoid(xp, node: Node, x: Any, y: Any) -> Any:
-    s = sigmoid(xp, x)
-    return s * (1 - s)
-
-
-def _d_tanh(xp, node: Node, x: Any, y: Any) -> Any:
-    return 1 - xp.tanh(x) ** 2
-
-
-def _d_elu(xp, node: Node, x: Any, y: Any) -> Any:
-    return xp.where(x > 0, 1.0, float(node.attr("alpha", 1.0)) * xp.exp(xp.minimum(x, 0)))
-
-
-def _d_selu(xp, node: Node, x: Any, y: Any) -> Any:
-    alpha = float(node.attr("alpha", 1.67326319217681884765625))
-    gamma = float(node.attr("gamma", 1.05070102214813232421875))
-    return gamma * xp.where(x > 0, 1.0, alpha * xp.exp(xp.minimum(x, 0)))
-
-
-def _d_softplus(xp, node: Node, x: Any, y: Any) -> Any:
-    return sigmoid(xp, x)
-
-
-def _d_softsign(xp, node: Node, x: Any, y: Any) -> Any:
-    return 1 / (1 + xp.abs(x)) ** 2
-
-
-def _d_hard_sigmoid(xp, node: Node, x: Any, y: Any) -> Any:
-    alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
-    z = alpha * x + beta
-    return alpha * ((z > 0) & (z < 1))
-
-
-def _d_hard_swish(xp, node: Node, x: Any, y: Any) -> Any:
-    return xp.where(x < -3, 0.0, xp.where(x > 3, 1.0, x / 3 + 0.5))
-
-
-def _d_erf(xp, node: Node, x: Any, y: Any) -> Any:
-    return 2 / math.sqrt(math.pi) * xp.exp(-x * x)
 
 
 def _d_gelu(xp, node: Node, x: Any, y: Any) -> Any:
@@ -272,20 +233,25 @@ def _d_gelu(xp, node: Node, x: Any, y: Any) -> Any:
     return cdf + x * density
 
 
-_DERIVATIVES = {
-    "Sigmoid": _d_sigmoid, "Tanh": _d_tanh, "Elu": _d_elu, "Selu": _d_selu, "Softplus": _d_softplus,
-    "Softsign": _d_softsign, "Gelu": _d_gelu, "HardSigmoid": _d_hard_sigmoid, "HardSwish": _d_hard_swish,
-    "Erf": _d_erf,
-}
+def _derivative(xp, node: Node, x: Any, y: Any) -> Any:
+    """``f'(x)`` of a smooth activation op: from the activation table, with the node's alpha/beta (Gelu apart: it
+    reads its output)."""
+    if node.op_type == "Gelu":
+        return _d_gelu(xp, node, x, y)
+    name, params = OP_ACTIVATIONS[node.op_type]
+    fn = ACTIVATIONS[name]
+    values = [float(node.attr(attr, default)) for attr, default in zip(params, (fn.alpha, fn.beta))]
+    alpha, beta = (values + [0.0, 0.0])[:2]
+    return fn.derivative(xp, x, alpha, beta)
 
 
 def _smooth_needs(node: Node) -> list[str]:
     return [node.inputs[0]] + ([node.outputs[0]] if node.op_type == "Gelu" else [])
 
 
-@rule(list(_DERIVATIVES), modes=("grad",), needs=_smooth_needs)
-def smooth_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+@rule([*OP_ACTIVATIONS, "Gelu"], modes=("grad",), needs=_smooth_needs)
+def smooth_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p ⊙ f'(x)`` with the exact derivative of each activation."""
     x = ctx.value(node.inputs[0])
     y = ctx.value(node.outputs[0]) if node.op_type == "Gelu" else None
-    return [signals[0] * _DERIVATIVES[node.op_type](ctx.xp, node, x, y).astype(x.dtype)]
+    return [signals[0] * _derivative(ctx.xp, node, x, y).astype(x.dtype)]

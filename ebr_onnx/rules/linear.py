@@ -24,7 +24,7 @@ from ..core.errors import EbrError
 from ..core.geometry import ConvGeometry, weight_part
 from ..core.graph import Node
 from ..core.kernels import OrtConv
-from ..core.numeric import safe_divide
+from ..core.numeric import safe_divide, unbroadcast
 from ..core.registry import needs_inputs, rule
 
 Linear = Callable[[Any, Any], Any]
@@ -71,7 +71,7 @@ class ArrayLinear:
             yield ArrayLinear(self.xp, self.w[tuple(index)], self._forward, self._transpose), p[tuple(signal)]
 
 
-def excite(ctx, node: Node, x: Any, p: Any, op) -> Any:
+def excite(ctx: RuleContext, node: Node, x: Any, p: Any, op) -> Any:
     """The EB identity above for one linear op given as ``op`` (an :class:`ArrayLinear` or a compiled kernel):
     ``x ⊙ Σ_blocks fᵀ(p ⊘₀ f(x, W⁺), W⁺)`` (Eq. 8)."""
     xp = ctx.xp
@@ -90,7 +90,7 @@ def excite(ctx, node: Node, x: Any, p: Any, op) -> Any:
     return _scaled(xp, total, x)
 
 
-def warn_negative(ctx, node: Node) -> None:
+def warn_negative(ctx: RuleContext, node: Node) -> None:
     """The warning of a linear node whose activations are negative (where the positive-contribution rule applies)."""
     ctx.warn_once(
         "negative-activations",
@@ -116,12 +116,12 @@ def _scaled(xp, t: Any, x: Any) -> Any:
     return x * t
 
 
-def excitation(ctx, node: Node, x: Any, p: Any, w: Any, forward: Linear, transpose: Linear) -> Any:
+def excitation(ctx: RuleContext, node: Node, x: Any, p: Any, w: Any, forward: Linear, transpose: Linear) -> Any:
     """The EB identity above for one linear op by a weight array: ``x ⊙ fᵀ(p ⊘₀ f(x, W⁺), W⁺)`` (Eq. 8)."""
     return excite(ctx, node, x, p, ArrayLinear(ctx.xp, w, forward, transpose))
 
 
-def linear_rule(ctx, node: Node, x: Any, p: Any, op) -> Any:
+def linear_rule(ctx: RuleContext, node: Node, x: Any, p: Any, op) -> Any:
     """EB or gradient of one linear op, by the walk's mode."""
     if ctx.mode == "grad":
         return op.transpose(p, "all")
@@ -193,7 +193,7 @@ def _conv_op(ctx: RuleContext, node: Node, geo: ConvGeometry, c: int) -> OrtConv
 
 
 @rule("Conv", needs=needs_inputs)
-def conv(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def conv(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """Conv: Eq. 8 with ``f`` = convolution by W⁺ (strides, pads, dilations, groups; no bias)."""
     p = signals[0]
     x_shape = ctx.shape(node.inputs[0])
@@ -214,7 +214,7 @@ rule("Conv", modes=("grad",), needs=_conv_needs)(conv)
 
 
 # -- Gemm / MatMul ----------------------------------------------------------------------------------------------------
-def _matmul_operand_rule(ctx, node: Node, p: Any, a_name: str, b_name: str, scale: float) -> tuple[Any, Any]:
+def _matmul_operand_rule(ctx: RuleContext, node: Node, p: Any, a_name: str, b_name: str, scale: float) -> tuple[Any, Any]:
     """EB/gradient of ``y = scale · a @ b`` where exactly one of ``a`` and ``b`` carries signal.
 
     Returns the signals of (a, b). With ``a`` the signal: ``f(a, W) = a @ W``, ``fᵀ(q, W) = q @ Wᵀ``;
@@ -236,40 +236,30 @@ def _matmul_operand_rule(ctx, node: Node, p: Any, a_name: str, b_name: str, scal
         op = ArrayLinear(xp, w, lambda v, k: xp.matmul(v, k), lambda q, k: xp.matmul(q, xp.swapaxes(k, -1, -2)),
                          axis=w.ndim - 1, out_axis=-1)
         da = linear_rule(ctx, node, x, p, op)
-        return _unbroadcast(xp, da, ctx.shape(a_name)), None
+        return unbroadcast(xp, da, ctx.shape(a_name)), None
     w = _scaled_weight(ctx, node, a_name, scale)
     x = ctx.value(b_name) if ctx.mode == "eb" else None
     op = ArrayLinear(xp, w, lambda v, k: xp.matmul(k, v), lambda q, k: xp.matmul(xp.swapaxes(k, -1, -2), q),
                      axis=max(w.ndim - 2, 0), out_axis=-2)
     db = linear_rule(ctx, node, x, p, op)
-    return None, _unbroadcast(xp, db, ctx.shape(b_name))
+    return None, unbroadcast(xp, db, ctx.shape(b_name))
 
 
-def _scaled_weight(ctx, node: Node, name: str, scale: float) -> Any:
+def _scaled_weight(ctx: RuleContext, node: Node, name: str, scale: float) -> Any:
     """``scale`` times the constant operand (no copy when ``scale`` is 1)."""
     w = ctx.weight(node, list(node.inputs).index(name))
     return w if scale == 1.0 else scale * w
 
 
-def _unbroadcast(xp, grad: Any, shape: tuple[int, ...]) -> Any:
-    """Sum ``grad`` over the axes that broadcasting added or stretched, back to ``shape``."""
-    while grad.ndim > len(shape):
-        grad = grad.sum(axis=0)
-    for axis, size in enumerate(shape):
-        if size == 1 and grad.shape[axis] != 1:
-            grad = grad.sum(axis=axis, keepdims=True)
-    return grad
-
-
 @rule("MatMul", needs=needs_inputs)
-def matmul(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def matmul(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """MatMul ``y = a @ b`` with one constant (or non-signal) operand: Eq. 8 with W⁺ of that operand."""
     a, b = node.inputs[:2]
     return list(_matmul_operand_rule(ctx, node, signals[0], a, b, 1.0))
 
 
 @rule("Gemm", needs=needs_inputs)
-def gemm(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def gemm(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """Gemm ``y = alpha · A' B' + beta · C``: Eq. 8 on ``alpha · A' B'`` (C is a bias: excluded from Z)."""
     xp = ctx.xp
     p = signals[0]
@@ -280,7 +270,7 @@ def gemm(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     da, db = _matmul_operand_rule(view, node, p, a, b, alpha)
     c_signal = None
     if len(node.inputs) > 2 and ctx.is_signal(node.inputs[2]):
-        c_signal = _unbroadcast(xp, float(node.attr("beta", 1.0)) * p, ctx.shape(node.inputs[2])) \
+        c_signal = unbroadcast(xp, float(node.attr("beta", 1.0)) * p, ctx.shape(node.inputs[2])) \
             if ctx.mode == "grad" else None
         if ctx.mode == "eb":
             ctx.warn_once("gemm-signal-bias", f"Gemm {node.name!r} adds a signal tensor as C; EB treats C as a bias")
@@ -291,7 +281,7 @@ def gemm(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 class _TransposedGemm:
     """A view of the rule context in which Gemm's transposed operands read as plain matrices."""
 
-    def __init__(self, ctx, node: Node, trans_a: int, trans_b: int) -> None:
+    def __init__(self, ctx: RuleContext, node: Node, trans_a: int, trans_b: int) -> None:
         self._ctx = ctx
         self._flip = {node.inputs[0]: trans_a, node.inputs[1]: trans_b}
 

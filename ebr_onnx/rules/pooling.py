@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.graph import Node
-from .linear import ConvGeometry
-from ..core.registry import needs_input, needs_nothing, rule
 from ..core.numeric import safe_divide
+from ..core.registry import needs_input, needs_nothing, rule
+from .linear import ConvGeometry
 
 
-def _geometry(node: Node, ctx, p: Any) -> ConvGeometry:
+def _geometry(node: Node, ctx: RuleContext, p: Any) -> ConvGeometry:
     """Strides, pads and dilations of a pooling node; the output size is the forward's (it includes ``ceil_mode``)."""
     x_shape = ctx.shape(node.inputs[0])
     spatial = len(x_shape) - 2
@@ -80,7 +81,7 @@ def _spread(xp, geo: ConvGeometry, q: Any, frame: tuple[int, ...]) -> Any:
 
 
 @rule("MaxPool", needs=needs_input)
-def max_pool(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def max_pool(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'_i = Σ_w p_w [i = first argmax of w]`` (identical in EB and grad; the Indices output takes no signal).
 
     The window maximum is formed first; then each offset, in row-major window order, takes the windows where it
@@ -118,7 +119,7 @@ def _needs_frame(geo: ConvGeometry) -> bool:
 
 
 @rule("GlobalMaxPool", needs=needs_input)
-def global_max_pool(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def global_max_pool(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """The whole signal of each channel goes to its first spatial maximum (row-major)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
@@ -128,7 +129,7 @@ def global_max_pool(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("AveragePool", modes=("eb",), needs=needs_input)
-def average_pool_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def average_pool_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'_i = x_i Σ_w p_w ⊘ S_w`` with ``S_w = Σ_{i'∈w} x_{i'}`` and ``S_w ≤ 0 → 0`` (spec §2.2; pads add 0)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
@@ -140,7 +141,7 @@ def average_pool_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("AveragePool", modes=("grad",), needs=needs_nothing)
-def average_pool_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def average_pool_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'_i = Σ_w p_w / count_w``; ``count_w`` counts the explicit pads when ``count_include_pad`` (never the
     ``ceil_mode`` overhang)."""
     xp = ctx.xp
@@ -154,7 +155,7 @@ def average_pool_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("GlobalAveragePool", modes=("eb",), needs=needs_input)
-def global_average_pool_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def global_average_pool_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'_i = x_i p_c ⊘ S_c`` over each channel's spatial positions, ``S_c ≤ 0 → 0`` (spec §2.2)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
@@ -164,7 +165,7 @@ def global_average_pool_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]
 
 
 @rule("GlobalAveragePool", modes=("grad",), needs=needs_nothing)
-def global_average_pool_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def global_average_pool_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'_i = p_c / (h·w)``."""
     xp = ctx.xp
     shape = ctx.shape(node.inputs[0])
@@ -174,7 +175,7 @@ def global_average_pool_grad(node: Node, ctx, signals: Sequence[Any]) -> list[An
     return [xp.broadcast_to(signals[0] / count, shape).copy()]
 
 
-def _reduced_axes(node: Node, ctx) -> tuple[tuple[int, ...], bool]:
+def _reduced_axes(node: Node, ctx: RuleContext) -> tuple[tuple[int, ...], bool]:
     """The axes a ReduceMean/ReduceSum reduces (attribute before opset 18, input after) and its ``keepdims``."""
     rank = len(ctx.shape(node.inputs[0]))
     axes = node.attr("axes")
@@ -194,7 +195,7 @@ def _kept(xp, p: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
 
 
 @rule(["ReduceMean", "ReduceSum"], modes=("eb",), needs=needs_input)
-def reduce_mean_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def reduce_mean_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """Eq. 8 with equal positive weights: ``p'_i = x_i p ⊘ Σ_{reduced} x``, ``Σ ≤ 0 → 0`` (as average pooling)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
@@ -206,7 +207,7 @@ def reduce_mean_eb(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule(["ReduceMean", "ReduceSum"], modes=("grad",), needs=needs_nothing)
-def reduce_mean_grad(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def reduce_mean_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'_i = p / n`` (ReduceMean over n elements) or ``p`` (ReduceSum), broadcast back."""
     xp = ctx.xp
     shape = ctx.shape(node.inputs[0])

@@ -58,35 +58,20 @@ Supported attributes: ``direction`` (forward, reverse, bidirectional), ``layout`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from ..core.activations import ACTIVATIONS
+from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.graph import Node
-from .linear import excitation
+from ..core.numeric import safe_divide
 from ..core.registry import needs_inputs, rule
-from ..core.numeric import safe_divide, sigmoid
+from .linear import excitation
 
 # -- activations --------------------------------------------------------------------------------------------------
-#: name → (value, derivative by the input, default alpha, default beta); alpha/beta None = takes none.
-_ACTIVATIONS: dict[str, tuple[Callable, Callable, float | None, float | None]] = {
-    "relu": (lambda xp, x, a, b: xp.maximum(x, 0), lambda xp, x, a, b: (x > 0).astype(x.dtype), None, None),
-    "tanh": (lambda xp, x, a, b: xp.tanh(x), lambda xp, x, a, b: 1 - xp.tanh(x) ** 2, None, None),
-    "sigmoid": (lambda xp, x, a, b: sigmoid(xp, x),
-                lambda xp, x, a, b: sigmoid(xp, x) * (1 - sigmoid(xp, x)), None, None),
-    "affine": (lambda xp, x, a, b: a * x + b, lambda xp, x, a, b: xp.full_like(x, a), 1.0, 0.0),
-    "leakyrelu": (lambda xp, x, a, b: xp.where(x > 0, x, a * x),
-                  lambda xp, x, a, b: xp.where(x > 0, 1, a).astype(x.dtype), 0.01, None),
-    "thresholdedrelu": (lambda xp, x, a, b: xp.where(x > a, x, 0),
-                        lambda xp, x, a, b: (x > a).astype(x.dtype), 1.0, None),
-    "scaledtanh": (lambda xp, x, a, b: a * xp.tanh(b * x),
-                   lambda xp, x, a, b: a * b * (1 - xp.tanh(b * x) ** 2), 1.0, 1.0),
-    "hardsigmoid": (lambda xp, x, a, b: xp.clip(a * x + b, 0, 1),
-                    lambda xp, x, a, b: ((a * x + b > 0) & (a * x + b < 1)).astype(x.dtype) * a, 0.2, 0.5),
-    "elu": (lambda xp, x, a, b: xp.where(x >= 0, x, a * (xp.exp(xp.minimum(x, 0)) - 1)),
-            lambda xp, x, a, b: xp.where(x >= 0, 1, a * xp.exp(xp.minimum(x, 0))).astype(x.dtype), 1.0, None),
-    "softsign": (lambda xp, x, a, b: x / (1 + xp.abs(x)), lambda xp, x, a, b: 1 / (1 + xp.abs(x)) ** 2, None, None),
-    "softplus": (lambda xp, x, a, b: xp.logaddexp(x, 0), lambda xp, x, a, b: sigmoid(xp, x), None, None),
-}
+#: The activations of the ONNX recurrent ops (their ``activations`` attribute), from the one activation table.
+RECURRENT_ACTIVATIONS = frozenset({"relu", "tanh", "sigmoid", "affine", "leakyrelu", "thresholdedrelu", "scaledtanh",
+                                   "hardsigmoid", "elu", "softsign", "softplus"})
 
 
 @dataclass(frozen=True)
@@ -98,10 +83,10 @@ class Activation:
     beta: float = 0.0
 
     def __call__(self, xp, x):
-        return _ACTIVATIONS[self.name][0](xp, x, self.alpha, self.beta)
+        return ACTIVATIONS[self.name].value(xp, x, self.alpha, self.beta)
 
     def derivative(self, xp, x):
-        return _ACTIVATIONS[self.name][1](xp, x, self.alpha, self.beta)
+        return ACTIVATIONS[self.name].derivative(xp, x, self.alpha, self.beta)
 
 
 def _activations(node: Node, defaults: tuple[str, ...], directions: int) -> list[tuple[Activation, ...]]:
@@ -113,10 +98,10 @@ def _activations(node: Node, defaults: tuple[str, ...], directions: int) -> list
     alphas, betas = list(node.attr("activation_alpha", [])), list(node.attr("activation_beta", []))
     acts = []
     for name in names:
-        if name not in _ACTIVATIONS:
+        if name not in RECURRENT_ACTIVATIONS:
             raise EbrError(f"{node.op_type} node {node.name!r} uses activation {name!r}; supported: "
-                           f"{', '.join(sorted(_ACTIVATIONS))}")
-        _, _, alpha, beta = _ACTIVATIONS[name]
+                           f"{', '.join(sorted(RECURRENT_ACTIVATIONS))}")
+        alpha, beta = ACTIVATIONS[name].alpha, ACTIVATIONS[name].beta
         if alpha is not None and alphas:
             alpha = alphas.pop(0)
         if beta is not None and betas:
@@ -284,7 +269,7 @@ def _input(node: Node, index: int) -> str:
     return node.inputs[index] if len(node.inputs) > index and node.inputs[index] else ""
 
 
-def _read(node: Node, ctx) -> _Recurrence:
+def _read(node: Node, ctx: RuleContext) -> _Recurrence:
     xp = ctx.xp
     cell_type, defaults = _CELLS[node.op_type]
     direction = node.attr("direction", "forward")
@@ -322,7 +307,7 @@ def _read(node: Node, ctx) -> _Recurrence:
     return _Recurrence(x, mask, cells, state(5), state(6) if cell_type.has_c else None, reverse, layout)
 
 
-def _check_rule_set(node: Node, ctx, rec: _Recurrence) -> str:
+def _check_rule_set(node: Node, ctx: RuleContext, rec: _Recurrence) -> str:
     if ctx.mode == "grad":
         return "grad"
     rules = ctx.options.recurrent_rules
@@ -388,7 +373,7 @@ def _signals(node: Node, rec: _Recurrence, signals: Sequence[Any], xp):
 
 
 @rule(["LSTM", "GRU", "RNN"], needs=needs_inputs)
-def recurrent(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def recurrent(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """EB-R / BP-R through a fused recurrent op: the rule set of the module docstring, per direction."""
     xp = ctx.xp
     rec = _read(node, ctx)
@@ -416,7 +401,7 @@ def recurrent(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     return result[:len(node.inputs)]
 
 
-def _project(ctx, node: Node, rules: str, x, da, w):
+def _project(ctx: RuleContext, node: Node, rules: str, x, da, w):
     """The input projection ``xw_t = W x_t``: the gradient, Eq. 8 over x_t alone (caffe), or the already normalised
     ``x_t ⊙ W⁺ᵀq`` (excitation)."""
     xp = ctx.xp

@@ -10,21 +10,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.backend import to_numpy
+from ..core.context import RuleContext
 from ..core.graph import Node
-from .linear import _unbroadcast
+from ..core.numeric import unbroadcast
 from ..core.registry import rule
+from ..core.slicing import slice_index
 
 
 def _none_after_first(node: Node, signal: Any) -> list[Any]:
     return [signal] + [None] * (len(node.inputs) - 1)
-
-
-def _ints(ctx, node: Node, index: int, attr: str) -> list[int] | None:
-    """Integer parameters given as input ``index`` (newer opsets) or as attribute ``attr`` (older), else None."""
-    if len(node.inputs) > index and node.inputs[index]:
-        return [int(v) for v in np.asarray(to_numpy(ctx.value(node.inputs[index]))).ravel()]
-    value = node.attr(attr)
-    return None if value is None else [int(v) for v in np.ravel(value)]
 
 
 def _inputs_after_first(node: Node) -> list[str]:
@@ -36,19 +30,19 @@ def _second_input(node: Node) -> list[str]:
 
 
 @rule(["Identity", "Dropout"])
-def identity(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def identity(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p`` (Dropout is the identity at inference; its mask output takes no signal)."""
     return _none_after_first(node, signals[0])
 
 
 @rule(["Reshape", "Flatten", "Squeeze", "Unsqueeze"])
-def reshape_like(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def reshape_like(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """Reshapes keep the element order: ``p'`` is ``p`` in the input's shape."""
     return _none_after_first(node, signals[0].reshape(ctx.shape(node.inputs[0])))
 
 
 @rule("Transpose")
-def transpose(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def transpose(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = transpose(p, perm⁻¹)`` (``perm`` defaults to reversing the axes)."""
     p = signals[0]
     perm = node.attr("perm") or list(range(p.ndim))[::-1]
@@ -56,13 +50,13 @@ def transpose(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("Expand")
-def expand(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def expand(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'`` sums ``p`` over the axes that ``Expand`` added or stretched."""
-    return [_unbroadcast(ctx.xp, signals[0], ctx.shape(node.inputs[0])), None]
+    return [unbroadcast(ctx.xp, signals[0], ctx.shape(node.inputs[0])), None]
 
 
 @rule("Concat")
-def concat(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def concat(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """Each input receives the part of ``p`` at its position along ``axis``."""
     p = signals[0]
     axis = int(node.attr("axis")) % p.ndim
@@ -76,7 +70,7 @@ def concat(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("Split")
-def split(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def split(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'`` is the outputs' signals concatenated along ``axis`` (zeros for outputs that received none); the sizes
     are those of the outputs, so the ``split`` input or attribute and ``num_outputs`` need no reading."""
     xp = ctx.xp
@@ -86,34 +80,23 @@ def split(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
     return _none_after_first(node, xp.concatenate(parts, axis=axis))
 
 
-def _slices(ctx, node: Node, shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """ONNX ``Slice`` parameters as Python slices, clamped as the operator defines (negative steps included)."""
-    starts, ends = _ints(ctx, node, 1, "starts"), _ints(ctx, node, 2, "ends")
-    axes = _ints(ctx, node, 3, "axes") or list(range(len(starts)))
-    steps = _ints(ctx, node, 4, "steps") or [1] * len(starts)
-    index = [slice(None)] * len(shape)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        dim = shape[axis]
-        start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
-        if step > 0:
-            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-        else:
-            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
-        index[axis % len(shape)] = slice(start, None if end < 0 else end, step)
-    return tuple(index)
+def slices(ctx: RuleContext, node: Node, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """A ``Slice`` node's parameters (inputs from opset 10, attributes before) as Python slices of ``shape``."""
+    return slice_index(shape, ctx.ints(node, 1, "starts"), ctx.ints(node, 2, "ends"), ctx.ints(node, 3, "axes"),
+                       ctx.ints(node, 4, "steps"))
 
 
 @rule("Slice", needs=_inputs_after_first)
-def slice_(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def slice_(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'`` is ``p`` scattered into zeros at the sliced positions."""
     shape = ctx.shape(node.inputs[0])
     out = ctx.xp.zeros(shape, dtype=signals[0].dtype)
-    out[_slices(ctx, node, shape)] = signals[0]
+    out[slices(ctx, node, shape)] = signals[0]
     return _none_after_first(node, out)
 
 
 @rule("Gather", needs=_second_input)
-def gather(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def gather(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'`` scatter-adds ``p`` back to the gathered positions of the data input (repeated indices add up)."""
     xp = ctx.xp
     p = signals[0]
@@ -130,7 +113,7 @@ def gather(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
 
 
 @rule("ReverseSequence", needs=_second_input)
-def reverse_sequence(node: Node, ctx, signals: Sequence[Any]) -> list[Any]:
+def reverse_sequence(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p'`` is ``p`` reversed back: with the same ``sequence_lens`` the op is its own inverse."""
     p = signals[0]
     time, batch = int(node.attr("time_axis", 0)), int(node.attr("batch_axis", 1))
