@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from ..core.errors import EbrError
 from .overlay import evidence_curve_plot, overlay
@@ -26,30 +27,10 @@ from .video import write_video
 Item = TypeVar("Item")
 
 
-def progress(
-    iterable: Iterable[Item], desc: str = "", quiet: bool = False, total: int | None = None
-) -> Iterable[Item]:
-    """Wrap ``iterable`` in a progress bar on stderr: tqdm when installed, else a one-line counter; as is if quiet."""
-    if quiet:
-        return iterable
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _counter(iterable, desc, total)
-    return tqdm(iterable, desc=desc, total=total)
-
-
-def _counter(iterable: Iterable[Item], desc: str, total: int | None) -> Iterator[Item]:
-    of = "" if total is None else f"/{total}"
-    try:
-        for n, item in enumerate(iterable, 1):
-            yield item
-            sys.stderr.write(f"\r{desc}: {n}{of}")
-            sys.stderr.flush()
-    finally:
-        sys.stderr.write("\n")
+def progress(iterable: Iterable[Item], desc: str = "", quiet: bool = False, total: int | None = None
+             ) -> Iterable[Item]:
+    """Wrap ``iterable`` in a tqdm progress bar on stderr (``total`` defaults to its length); as is if quiet."""
+    return iterable if quiet else tqdm(iterable, desc=desc, total=total)
 
 
 @contextmanager
@@ -79,28 +60,36 @@ def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, default=_json_default)
 
 
-def write_results(
-    out_dir: str | Path,
-    *,
-    maps: np.ndarray,
-    temporal: np.ndarray,
-    frame_indices: np.ndarray,
-    settings: dict,
-    frames: np.ndarray | None = None,
-    crop_box: CropBox | None = None,
-    probs: np.ndarray | None = None,
-    segment: Sequence[int] | None = None,
-    truth: Sequence[int] | None = None,
-    summary: dict | None = None,
-    fps: float | None = None,
-    signed: bool = True,
-    animations: Sequence[str] = ("gif",),
-    quiet: bool = True,
-) -> list[str]:
+@dataclass(frozen=True)
+class ClipResults:
+    """One clip's results: ``maps`` ``(T, h, w)``, the evidence curve ``temporal`` ``(T,)``, the original frame index
+    of each map, the run's ``settings``; for overlays the ``frames`` (uint8 RGB ``(T, H, W, 3)``) and the
+    ``crop_box`` the network saw; the target's probability per frame, the localized ``segment`` and a ground-truth
+    one (``truth``) in clip frames, the ``summary`` for summary.json, the video's ``fps`` (None: unknown) and whether
+    the maps are ``signed``."""
+
+    maps: np.ndarray
+    temporal: np.ndarray
+    frame_indices: np.ndarray
+    settings: dict
+    frames: np.ndarray | None = None
+    crop_box: CropBox | None = None
+    probs: np.ndarray | None = None
+    segment: Sequence[int] | None = None
+    truth: Sequence[int] | None = None
+    summary: dict | None = None
+    fps: float | None = None
+    signed: bool = True
+
+
+def write_results(out_dir: str | Path, clip: ClipResults, *, animations: Sequence[str] = ("gif",),
+                  quiet: bool = True) -> list[str]:
     """Write the results of one clip to ``out_dir`` (layout in the module docstring) and return the files written,
-    relative to ``out_dir``. ``maps`` is ``(T, h, w)``, ``temporal`` the evidence curve ``(T,)``, ``frame_indices``
-    the original frame index of each map; overlays need ``frames`` (uint8 RGB ``(T, H, W, 3)``) and ``crop_box``.
-    Animations (``"gif"``, ``"mp4"``) play at ``fps``, or 12 fps (the release's) when it is unknown."""
+    relative to ``out_dir``. Animations (``"gif"``, ``"mp4"``) play at the clip's fps, or 12 fps (the release's)
+    when it is unknown."""
+    maps, temporal, frame_indices, frames, crop_box = (clip.maps, clip.temporal, clip.frame_indices, clip.frames,
+                                                       clip.crop_box)
+    probs, segment, fps = clip.probs, clip.segment, clip.fps
     out = Path(out_dir)
     maps = np.asarray(maps)
     if maps.ndim != 3 or len(temporal) != len(maps) or len(frame_indices) != len(maps):
@@ -115,7 +104,7 @@ def write_results(
     written: list[str] = []
 
     arrays = {"maps": maps, "temporal": np.asarray(temporal), "frame_indices": np.asarray(frame_indices),
-              "settings": np.array(to_json(settings))}
+              "settings": np.array(to_json(clip.settings))}
     if probs is not None:
         arrays["probs"] = np.asarray(probs)
     if segment is not None:
@@ -128,14 +117,14 @@ def write_results(
     written.append("maps.npz")
 
     with atomic_path(out / "evidence.png") as tmp:
-        evidence_curve_plot(tmp, temporal, probs=probs, segment=segment, truth=truth, fps=fps)
+        evidence_curve_plot(tmp, temporal, probs=probs, segment=segment, truth=clip.truth, fps=fps)
     written.append("evidence.png")
 
     if frames is not None:
         (out / "overlays").mkdir(exist_ok=True)
         pictures = []
         for k in progress(range(len(maps)), "overlays", quiet):
-            picture = overlay(frames[k], maps[k], crop_box, signed=signed)
+            picture = overlay(frames[k], maps[k], crop_box, signed=clip.signed)
             name = f"overlays/frame_{int(frame_indices[k]):05d}.png"
             with atomic_path(out / name) as tmp:
                 Image.fromarray(picture).save(tmp, format="PNG")
@@ -148,5 +137,5 @@ def write_results(
 
     written.append("summary.json")
     with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(to_json({**(summary or {}), "files": written}) + "\n")
+        tmp.write_text(to_json({**(clip.summary or {}), "files": written}) + "\n")
     return written

@@ -16,7 +16,7 @@ from ..core.errors import EbrError
 from ..explainer import Explainer
 from ..methods import RECURRENT_METHODS
 from .localize import peaks_to_frame_coords, spatial_peaks, temporal_segment
-from .outputs import progress, write_results
+from .outputs import ClipResults, progress, write_results
 from .preprocess import Preprocess, get_preset, preprocess
 from .video import VideoSource, clips
 
@@ -122,15 +122,15 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
             "seconds": round(seconds, 3),
         }
         clip_dir = out if number == 0 else out / f"clip_{number:03d}"
-        files = write_results(
-            clip_dir, maps=res.maps, temporal=curve, frame_indices=indices,
+        results = ClipResults(
+            maps=res.maps, temporal=curve, frame_indices=indices,
             settings={"model": str(model) if not isinstance(model, np.ndarray) else "array",
                       "method": options.method, "layer": res.layer, "target": target,
                       "recurrent_rules": options.recurrent_rules, "time_step": options.time_step, "T": T},
             frames=frames, crop_box=crop, probs=probs[:, target], segment=segment, truth=truth, summary=summary,
-            fps=fps, signed=options.method in ("ceb", "cebr", "grad", "gradr"), animations=options.animations,
-            quiet=options.quiet,
+            fps=fps, signed=options.method in ("ceb", "cebr", "grad", "gradr"),
         )
+        files = write_results(clip_dir, results, animations=options.animations, quiet=options.quiet)
         summary["files"] = files
         clip_summaries.append(summary)
     return {"model": str(model), "video": str(video) if not isinstance(video, np.ndarray) else "array",

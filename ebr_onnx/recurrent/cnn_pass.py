@@ -41,6 +41,8 @@ class CnnPass:
         self._boundary: np.ndarray | None = None
         # set when the CNN part only runs on all frames at once (a batch size fixed at export, one copy per frame)
         self.whole = len(self.targets) > 1
+        #: The warnings of the CNN walks, in the order they were met.
+        self.warnings: list[str] = []
 
     def chunks(self) -> list[slice]:
         size = self.count if self.whole else self.engine.batch_size
@@ -88,7 +90,7 @@ class CnnPass:
         self.kept = kept if len(kept) == len(parts) else None
         self._boundary = np.concatenate(parts)
 
-    def _walk(self, i: int, chunk: slice, start: np.ndarray, warns: list[str]) -> np.ndarray:
+    def _walk(self, i: int, chunk: slice, start: np.ndarray) -> np.ndarray:
         """Eq. 9 on one chunk of frames, with the first pass's captures or a new run of the CNN part."""
         engine = self.engine
         feeds = self._chunk_feeds(chunk)
@@ -103,28 +105,28 @@ class CnnPass:
         del values
         got = walk(ctx, self.nodes, {self.p.boundary: engine.xp.asarray(start[chunk])}, keep=set(self.targets),
                    reach=engine.graph.signal_tensors(self.targets), release=True)
-        warns.extend(ctx.warnings)
+        self.warnings.extend(ctx.warnings)
         parts = [np.zeros(ctx.shape(t), engine.dtype) if got.get(t) is None else to_numpy(got[t])
                  for t in self.targets]
         return parts[0] if len(parts) == 1 else np.stack(parts)
 
-    def backward(self, start: np.ndarray, warns: list[str]) -> np.ndarray:
+    def backward(self, start: np.ndarray) -> np.ndarray:
         """Eq. 9 from the boundary to the layer, per chunk of frames; then through the input's reshapes if needed."""
         engine, xp = self.engine, self.engine.xp
         if not self.nodes:
             signal = start
         else:
             try:
-                signal = np.concatenate([self._walk(i, chunk, start, warns) for i, chunk in enumerate(self.chunks())])
+                signal = np.concatenate([self._walk(i, chunk, start) for i, chunk in enumerate(self.chunks())])
             except ForwardRejected:  # the CNN part takes all frames at once (a batch size fixed at export)
                 if self.whole or len(self.chunks()) == 1:
                     raise
                 self.whole, self.kept = True, None
-                signal = self._walk(0, self.chunks()[0], start, warns)
+                signal = self._walk(0, self.chunks()[0], start)
         if self.below:
             shapes = engine.shapes_for(self.feeds)
             ctx = engine.context(self.mode, dict(self.feeds), shapes)
             got = walk(ctx, self.below, {self.p.frames: xp.asarray(signal)}, keep={self.layer}).get(self.layer)
-            warns.extend(ctx.warnings)
+            self.warnings.extend(ctx.warnings)
             signal = to_numpy(got)
         return signal

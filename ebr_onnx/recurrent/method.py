@@ -110,17 +110,21 @@ class RecurrentMethod:
             if method == "gradr":
                 start = passes.pos
             else:
-                start = _normalised(passes.pos, "", p.boundary, warns)
+                start, warning = _normalised(passes.pos, "", p.boundary)
+                warns.extend([warning] if warning else [])
                 if method == "cebr":
                     passes = replace(passes, neg=rnn_pass(dual_nodes(graph, engine.signal, logits,
                                                                      request.classifier)))
-                    start = start - _normalised(passes.neg, " of the dual unit", p.boundary, warns)
+                    dual, warning = _normalised(passes.neg, " of the dual unit", p.boundary)
+                    warns.extend([warning] if warning else [])
+                    start = start - dual
             if start.shape[0] != n_frames:
                 raise EbrError(f"the boundary {p.boundary!r} has shape {start.shape}, whose leading axis is not the "
                                f"{n_frames} frames; name the per-frame tensor with boundary=…")
 
             # 3. the CNN backward, chunk by chunk
-            signal = cnn.backward(start, warns)
+            signal = cnn.backward(start)
+            warns.extend(cnn.warnings)
         check_finite(signal, method, layer_t)
         maps = layout.maps(signal)
         temporal = maps.reshape(n_frames, -1).sum(axis=1)
@@ -159,13 +163,13 @@ def _cell_rules(graph: ModelGraph, p: Plan, mode: str, options: RuleOptions
     return cell_overrides(graph, p.cells, options.recurrent_rules), cell_needs(graph, p.cells, options.recurrent_rules)
 
 
-def _normalised(signal: np.ndarray, which: str, boundary: str, warns: list[str]) -> np.ndarray:
-    """Eq. 5/6: ``P / ΣP`` over all frames and units; a zero total gives zeros and a warning."""
+def _normalised(signal: np.ndarray, which: str, boundary: str) -> tuple[np.ndarray, str | None]:
+    """Eq. 5/6: ``P / ΣP`` over all frames and units; a zero total gives zeros and a warning (returned, and issued
+    as a RuntimeWarning)."""
     total = float(signal.sum(dtype=np.float64))
     if total == 0.0:
         message = (f"[zero-total] the EB-R pass{which} delivers no signal at the boundary {boundary!r} (total 0: no "
                    "positive classifier weight meets an active unit); its normalised map is set to 0")
-        warns.append(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)  # at the caller of Explainer.explain
-        return np.zeros_like(signal)
-    return signal / np.asarray(total, signal.dtype)
+        return np.zeros_like(signal), message
+    return signal / np.asarray(total, signal.dtype), None
