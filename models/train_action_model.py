@@ -1,4 +1,4 @@
-"""Train the bundled CNN + ReLU-LSTM action classifier on :mod:`ebr_onnx.synthetic` clips and export it to ONNX.
+"""Train the bundled CNN + ReLU-LSTM action classifier on :mod:`ebr_onnx.app.synthetic` clips and export it to ONNX.
 
     python models/train_action_model.py --seed 0 --out models/action_lstm.onnx
 
@@ -27,7 +27,7 @@ from ebr_onnx.app.synthetic import CLASS_NAMES, make_dataset
 SIZE, FRAMES, BATCH = 64, 16, 16
 CHANNELS = (8, 16, 32)
 FEATURES, HIDDEN = 64, 64
-# ebr_onnx.preprocess convention: x = (float32(pixel / 255) * scale - mean) / std, channels in channel_order.
+# ebr_onnx.app.preprocess convention: x = (float32(pixel / 255) * scale - mean) / std, channels in channel_order.
 PREPROCESS = {"name": "synthetic", "size": [SIZE, SIZE], "crop": None, "scale": 1.0, "mean": [0.5, 0.5, 0.5],
               "std": [0.25, 0.25, 0.25], "channel_order": "RGB"}
 UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)

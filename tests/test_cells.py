@@ -1,4 +1,4 @@
-"""Recognition of unrolled LSTM and GRU cells and the two recurrent rule sets on them (ebr_onnx.cells).
+"""Recognition of unrolled LSTM and GRU cells and the two recurrent rule sets on them (ebr_onnx.passes.cells).
 
 References: the fused ``LSTM``/``GRU`` ops' rules on the same weights (tests/cell_graphs.py builds both forms with
 onnx.helper) and an independent float64 transcription of the release's EB-R pass (spec §3.4)."""

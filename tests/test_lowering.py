@@ -93,7 +93,8 @@ def test_one_session_serves_every_chunk_size(make_model):
     ex, rules = Explainer(model, batch_size=2, threads=1), Explainer(model, lowering=False)
     built = []
     session = ex.engine.kernels.session
-    ex.engine.kernels.session = lambda model, weights=None, whole=False: built.append(whole) or session(model, weights, whole)
+    ex.engine.kernels.session = lambda model, weights=None, whole=False: (built.append(whole)
+                                                                          or session(model, weights, whole))
     for seed in range(2):
         x = np.random.default_rng(seed).uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
         ref = rules.explain(x, target=1, method="eb")

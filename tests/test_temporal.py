@@ -360,7 +360,7 @@ def test_zero_total_gives_zero_maps_and_a_warning():
     assert np.isfinite(res.maps).all() and res.temporal.sum() < 0  # only the dual's evidence remains
 
 
-# -- unrolled cells (ebr_onnx.cells) and the fused op agree -----------------------------------------------------------
+# -- unrolled cells (ebr_onnx.passes.cells) and the fused op agree ----------------------------------------------
 class UnrolledReluLstm(nn.Module):
     """The CNN of :class:`VideoNet` and a ReLU-LSTM written step by step (gates i, f, g, o as nn.LSTM orders them)."""
 

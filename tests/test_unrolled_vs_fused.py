@@ -197,7 +197,8 @@ def test_eb_recurrent_maps(models, explain, method: str, rules: str) -> None:
         complete += not fused.warnings
         for key in ("pos", "neg"):
             signal = getattr(fused.info.passes, key)
-            assert (signal is None) == (getattr(unrolled.info.passes, key) is None) == (key == "neg" and method != "cebr")
+            absent = key == "neg" and method != "cebr"
+            assert (signal is None) == (getattr(unrolled.info.passes, key) is None) == absent
             if signal is not None:
                 _close(getattr(unrolled.info.passes, key), signal, nonzero=False)
         _close(unrolled.signal, fused.signal, nonzero=False)

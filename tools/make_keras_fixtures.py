@@ -27,7 +27,7 @@ What tf2onnx 1.17 makes of these layers: ``TimeDistributed`` becomes one copy pe
 time-major clip, Transpose to NCHW, Conv …, then Unsqueeze + Concat), for the classifier too; ``LSTM`` (also with
 ``activation="relu"``) and ``Bidirectional(LSTM)`` become one fused ``LSTM`` op; Keras 3's ``GRU``
 (``reset_after=True``) is not matched by tf2onnx's GRU rewriter and stays the TF while loop, an ONNX ``Loop`` (two,
-with ``ReverseSequence``, for ``Bidirectional(GRU)``), which :func:`ebr_onnx.unroll.unroll_loops` unrolls.
+with ``ReverseSequence``, for ``Bidirectional(GRU)``), which :func:`ebr_onnx.passes.unroll.unroll_loops` unrolls.
 """
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _preprocess_overrides(args: argparse.Namespace) -> dict:
-    """The custom preprocessing flags that were given, as :class:`ebr_onnx.preprocess.Preprocess` fields."""
+    """The custom preprocessing flags that were given, as :class:`ebr_onnx.app.preprocess.Preprocess` fields."""
     out: dict = {}
     for key in ("size", "crop"):
         value = getattr(args, key)

@@ -1,7 +1,7 @@
 """Evaluation metrics of the paper's §5: spatial and temporal pointing games, temporal IoU, AP and mAP.
 
 Conventions: points are ``(y, x)`` and boxes ``(x0, y0, x1, y1)`` in one continuous pixel coordinate system (that of
-:func:`ebr_onnx.localize.peaks_to_frame_coords` and :class:`ebr_onnx.preprocess.CropBox`); temporal segments are
+:func:`ebr_onnx.app.localize.peaks_to_frame_coords` and :class:`ebr_onnx.app.preprocess.CropBox`); temporal segments are
 inclusive frame indices ``(start, end)``.
 """
 from __future__ import annotations

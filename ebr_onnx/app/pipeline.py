@@ -1,7 +1,7 @@
 """From a video to evidence: clips → preprocessing → explanation → temporal/spatial localization → files.
 
 One function, :func:`ground`, drives what ``ebr-onnx ground`` does; each clip's results are written as soon as they
-are computed (:func:`ebr_onnx.outputs.write_results`), so a failure in a later clip keeps the earlier ones.
+are computed (:func:`ebr_onnx.app.outputs.write_results`), so a failure in a later clip keeps the earlier ones.
 """
 from __future__ import annotations
 

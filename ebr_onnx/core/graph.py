@@ -119,7 +119,7 @@ class ModelGraph:
     def __init__(self, model: str | Path | onnx.ModelProto, *, check: bool = True,
                  weights: Mapping[str, np.ndarray] | None = None) -> None:
         """Read ``model``; ``weights`` gives the values of tensors the model declares as inputs but that are weights
-        (the parts :mod:`ebr_onnx.temporal` cuts out of a model share its weights this way)."""
+        (the parts :mod:`ebr_onnx.recurrent` cuts out of a model share its weights this way)."""
         full = load_onnx(model)
         #: The model without its weights (they are declared as inputs): what sessions and sub-models are built from.
         self.light = _light_copy(full)

@@ -18,7 +18,7 @@ the steps through ``c`` (LSTM) or ``h`` (GRU). Each gate sum's recurrent operand
 (for the first step: the constant one, or the one projected with the later steps' recurrent weight); the other is
 the input operand, traced to its x projection (a MatMul/Gemm with a constant weight) whose other input is the
 per-step input ``x_inputs``. This covers PyTorch's ``LSTMCell``/``GRUCell`` loops (both exporters), the Caffe
-converter's unrolled ``LSTM`` and tf2onnx/Keras ``Loop`` bodies once unrolled by :mod:`ebr_onnx.unroll`.
+converter's unrolled ``LSTM`` and tf2onnx/Keras ``Loop`` bodies once unrolled by :mod:`ebr_onnx.passes.unroll`.
 """
 from __future__ import annotations
 

@@ -273,7 +273,7 @@ def cell_overrides(graph: ModelGraph, cells: Sequence[AnyCell], recurrent_rules:
 
 
 def cell_needs(graph: ModelGraph, cells: Sequence[AnyCell], recurrent_rules: str) -> NeedsFn:
-    """The ``overrides_needs`` hook of :func:`ebr_onnx.walk.required_values`: the tensors an overridden node's rule
+    """The ``overrides_needs`` hook of :func:`ebr_onnx.core.walk.required_values`: the tensors an overridden node's rule
     reads, or ``None`` for nodes that keep their registry rule."""
     needs = {name: fn for name, (_, fn) in _rule_table(graph, cells, recurrent_rules).items()}
 

@@ -214,7 +214,8 @@ rule("Conv", modes=("grad",), needs=_conv_needs)(conv)
 
 
 # -- Gemm / MatMul ----------------------------------------------------------------------------------------------------
-def _matmul_operand_rule(ctx: RuleContext, node: Node, p: Any, a_name: str, b_name: str, scale: float) -> tuple[Any, Any]:
+def _matmul_operand_rule(ctx: RuleContext, node: Node, p: Any, a_name: str, b_name: str, scale: float
+                         ) -> tuple[Any, Any]:
     """EB/gradient of ``y = scale · a @ b`` where exactly one of ``a`` and ``b`` carries signal.
 
     Returns the signals of (a, b). With ``a`` the signal: ``f(a, W) = a @ W``, ``fᵀ(q, W) = q @ Wᵀ``;
