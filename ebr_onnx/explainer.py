@@ -24,6 +24,7 @@ import onnx
 from .core.engine import Engine
 from .core.errors import EbrError
 from .core.graph import ModelGraph, Node, load_onnx
+from .core.ops import LOOP_OPS
 from .core.options import RuleOptions
 from .core.request import ExplainRequest
 from .core.result import ExplainResult
@@ -58,7 +59,7 @@ class Explainer:
         proto = load_onnx(model)
         #: The Loop/Scan nodes of the model as given, unrolled into per-step ops on load.
         self.unrolled_loops = [(n.name or n.op_type, n.op_type) for n in proto.graph.node
-                               if n.op_type in ("Loop", "Scan")]
+                               if n.op_type in LOOP_OPS]
         graph = ModelGraph(unroll_loops(proto) if has_loops(proto) else proto)
         options = RuleOptions(add_rule=add_rule, lowering=lowering)
         self.engine = Engine(graph, device=device, input_name=input_name, labels=read_labels(graph, labels),

@@ -6,20 +6,24 @@ from typing import Any
 import numpy as np
 
 
-def safe_divide(xp: Any, numerator: Any, denominator: Any, *, overwrite: bool = False) -> Any:
+def safe_divide(xp: Any, numerator: Any, denominator: Any, *, overwrite: bool = False, vanishing: bool = False) -> Any:
     """``numerator ⊘₀ denominator``: elementwise division that gives 0 wherever the denominator is exactly 0.
 
     This is the release's guard (``shared/spec/caffe-reference.md`` §2.1 (b)): no epsilon, no NaN ever. ``xp`` is
     NumPy, CuPy, or the :class:`~ebr_onnx.lowering.builder.GraphBuilder` of a lowered walk, whose ``equal``,
     ``where`` and ``divide`` emit ONNX nodes: every rule, array or lowered, divides through this one function. With
     ``overwrite`` the caller gives up ``denominator`` (a temporary of its own): on NumPy the quotient is written into
-    it in one pass, where the shapes and dtypes allow.
+    it in one pass, where the shapes and dtypes allow. With ``vanishing`` the caller guarantees that every use of the
+    quotient is multiplied by 0 wherever the denominator is 0 — true of Eq. 8, ``x ⊙ fᵀ(p ⊘₀ Z, W⁺)``: where
+    ``Z_j = 0`` every term ``x_i w⁺_ij`` of it is 0 — so only the 0/0 needs avoiding (``p / (z or 1)``, one pass
+    fewer).
     """
     if (overwrite and xp is np and numerator.shape == denominator.shape and numerator.dtype == denominator.dtype
             and denominator.flags.writeable):
         return np.divide(numerator, denominator, out=denominator, where=denominator != 0)
     zero = xp.equal(denominator, 0)
-    return xp.where(zero, 0, xp.divide(numerator, xp.where(zero, 1, denominator)))
+    quotient = xp.divide(numerator, xp.where(zero, 1, denominator))
+    return quotient if vanishing else xp.where(zero, 0, quotient)
 
 
 def sigmoid(xp: Any, x: Any) -> Any:

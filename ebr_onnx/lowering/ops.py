@@ -62,12 +62,12 @@ def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
         return [Lowered(transpose(p, "all")), None, None]
     x = b.value(x_name)
     if nonnegative(ctx, x_name):
-        q = safe_divide(b, p, forward(x, "pos"))
+        q = safe_divide(b, p, forward(x, "pos"), vanishing=True)
         return [Lowered(b.op("Mul", [x, transpose(q, "pos")]), scaled=True), None, None]
     b.minima.append((node, b.op("ReduceMin", [x], keepdims=0)))
     zero = b.constant(np.zeros((), np.float32), "zero")
     x_pos, x_neg = b.op("Max", [x, zero]), b.op("Min", [x, zero])
-    q = safe_divide(b, p, b.op("Add", [forward(x_pos, "pos"), forward(x_neg, "neg")]))
+    q = safe_divide(b, p, b.op("Add", [forward(x_pos, "pos"), forward(x_neg, "neg")]), vanishing=True)
     pos = b.op("Mul", [x_pos, transpose(q, "pos")])
     neg = b.op("Mul", [x_neg, transpose(q, "neg")])
     return [Lowered(b.op("Add", [pos, neg]), scaled=True), None, None]
@@ -160,7 +160,7 @@ def add(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[
         return [Lowered(p.name) if k == 1 else None for k in range(len(mask))]
     parts = [b.op("Relu", [b.value(t)]) if m else None for t, m in zip(node.inputs, mask)]
     present = [c for c in parts if c is not None]
-    q = safe_divide(b, p.name, present[0] if len(present) == 1 else b.op("Sum", present))
+    q = safe_divide(b, p.name, present[0] if len(present) == 1 else b.op("Sum", present), vanishing=True)
     return [None if c is None else Lowered(b.op("Mul", [c, q]), scaled=True) for c in parts]
 
 
