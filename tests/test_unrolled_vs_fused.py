@@ -147,7 +147,7 @@ def test_same_forward_and_cells_found(models, frames) -> None:
         assert [c.step for c in find_cells(unrolled.graph)] == list(range(STEPS))
 
 
-# -- the walk with the cells' overrides (what explain_recurrent runs between the logits and the boundary) ---------
+# -- the walk with the cells' overrides (what RecurrentMethod.explain runs between the logits and the boundary) ----
 def test_gradient_walk(models, frames) -> None:
     _close(*(np.stack([walk_to(models[k], frames, "frames", "grad", None, target) for target in range(CLASSES)])
              for k in ("unrolled_tanh", "fused_tanh")))

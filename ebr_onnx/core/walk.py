@@ -47,7 +47,9 @@ def walk(ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: It
     producer has consumed them. With ``reach`` given, signal sent to tensors outside it (branches that start below the
     requested layer) is dropped. With ``release``, each value is also released (:meth:`RuleContext.release`) after
     the last node that may read it (registry rules read only their node's inputs and outputs; composites that
-    override rules keep everything).
+    override rules keep everything). The bottom run of ``nodes`` that the context's lowerer takes
+    (:class:`~ebr_onnx.core.context.Lowerer`) runs as one compiled graph; where that graph cannot run
+    (:class:`~ebr_onnx.core.errors.LoweringFailed`) its nodes run rule by rule.
     """
     keep = set(keep)
     below, upper = ctx.lowerer.split(ctx, nodes) if ctx.lowerer is not None else ([], nodes)
