@@ -24,14 +24,13 @@ import onnx
 from .core.engine import Engine
 from .core.errors import EbrError
 from .core.graph import ModelGraph, Node, load_onnx
-from .core.ops import LOOP_OPS
 from .core.options import RuleOptions
 from .core.request import ExplainRequest
 from .core.result import ExplainResult
 from .core.targets import Target, class_index, find_classifier, logits_tensor, read_labels
 from .lowering import Lowering
 from .methods import METHOD_TABLE, METHODS, RECURRENT_METHODS, Method
-from .passes.unroll import has_loops, unroll_loops
+from .passes.unroll import loop_nodes, unroll_loops
 
 #: The keyword options of :meth:`Explainer.explain` that only the recurrent methods take.
 RECURRENT_OPTIONS = ("time_step", "recurrent_rules", "boundary", "time_axis")
@@ -58,9 +57,8 @@ class Explainer:
         ``"caffe"``; ``lowering``: whether the CPU walk runs its lowerable bottom part as one onnxruntime graph."""
         proto = load_onnx(model)
         #: The Loop/Scan nodes of the model as given, unrolled into per-step ops on load.
-        self.unrolled_loops = [(n.name or n.op_type, n.op_type) for n in proto.graph.node
-                               if n.op_type in LOOP_OPS]
-        graph = ModelGraph(unroll_loops(proto) if has_loops(proto) else proto)
+        self.unrolled_loops = [(n.name or n.op_type, n.op_type) for n in loop_nodes(proto)]
+        graph = ModelGraph(unroll_loops(proto) if self.unrolled_loops else proto)
         options = RuleOptions(add_rule=add_rule, lowering=lowering)
         self.engine = Engine(graph, device=device, input_name=input_name, labels=read_labels(graph, labels),
                              batch_size=batch_size, dtype=dtype, threads=threads, options=options,

@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ebr_onnx import Explainer
+from ebr_onnx.core.options import RuleOptions
 from ebr_onnx.core.walk import walk
 from ebr_onnx.passes.cells import find_cells
 from ebr_onnx.recurrent.cell_rules import cell_needs, cell_overrides
@@ -198,8 +199,9 @@ def walk_to(model: onnx.ModelProto, frames: np.ndarray, layer: str, mode: str, r
     feeds = ex.engine.feeds({ex.input_name: frames})  # with the defaults of other inputs (clip markers)
     shapes = ex.engine.shapes_for(feeds)
     values = ex.engine.runner.run(feeds, ex.engine.capture_plan(nodes, mode, shapes, [logits], overrides_needs=hook))
-    ctx = ex.engine.context(mode, values, shapes, overrides=overrides, recurrent_rules=rules or "caffe",
-                     negated=frozenset({classifier}) if negate else frozenset())
+    ctx = ex.engine.context(mode, values, shapes, overrides=overrides,
+                            options=RuleOptions(recurrent_rules=rules or "caffe"),
+                            negated=frozenset({classifier}) if negate else frozenset())
     top = np.zeros_like(values[logits])
     top[step, ..., target] = 1
     return walk(ctx, nodes, {logits: top}, keep={layer})[layer]

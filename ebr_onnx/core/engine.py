@@ -4,7 +4,6 @@ captures, rule contexts). Methods receive the engine, never the :class:`~ebr_onn
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import replace
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
@@ -98,12 +97,12 @@ class Engine:
 
     def context(self, mode: str, values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *,
                 negated: frozenset[str] = frozenset(), overrides: Mapping[str, RuleFn] | None = None,
-                recurrent_rules: str | None = None, owns_values: bool = False) -> RuleContext:
-        """A rule context over these captures, with the engine's options (``recurrent_rules`` replacing its rule
-        set for one walk)."""
-        options = self.options if recurrent_rules is None else replace(self.options, recurrent_rules=recurrent_rules)
+                options: RuleOptions | None = None, owns_values: bool = False) -> RuleContext:
+        """A rule context over these captures, with the engine's rule options unless a walk gives its own (a
+        recurrent method's, with the call's ``recurrent_rules``)."""
         return RuleContext(self.graph, self.xp, mode, values, shapes, self.signal, dtype=self.dtype,
-                           negated=negated, overrides=dict(overrides or {}), options=options, kernels=self.kernels,
+                           negated=negated, overrides=dict(overrides or {}), options=options or self.options,
+                           kernels=self.kernels,
                            lowerer=self.lowerer, owns_values=owns_values)
 
     def blas(self) -> ContextManager[Any]:

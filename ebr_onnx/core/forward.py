@@ -66,6 +66,7 @@ class ForwardRunner:
             warnings.warn("onnxruntime has no CUDA provider here: the forward pass runs on the CPU", stacklevel=3)
         self._sessions[outputs] = session
         return session
+
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Forward ``feeds`` and return ``outputs`` by name; inputs and constants among them are returned directly."""
         direct = {name: feeds[name] for name in outputs if name in feeds}

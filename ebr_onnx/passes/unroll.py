@@ -45,9 +45,14 @@ def _is_control(node: onnx.NodeProto) -> bool:
     return node.op_type in LOOP_OPS and node.domain in ("", "ai.onnx")
 
 
+def loop_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ``Loop`` and ``Scan`` nodes of the main graph (what :func:`unroll_loops` unrolls)."""
+    return [n for n in model.graph.node if _is_control(n)]
+
+
 def has_loops(model: onnx.ModelProto) -> bool:
     """Whether the main graph holds a ``Loop`` or ``Scan`` node."""
-    return any(_is_control(n) for n in model.graph.node)
+    return bool(loop_nodes(model))
 
 
 def unroll_loops(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:

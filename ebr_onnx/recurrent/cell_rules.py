@@ -30,7 +30,7 @@ from ..rules.routing import slices
 
 RuleFn = registry.RuleFn
 NeedsFn = Callable[[Node], "list[str] | None"]
-_CACHE_PREFIX = "ebr_onnx.cells.Z:"
+_CACHE_PREFIX = "cell_rules.Z:"
 
 
 def _gradient(node: Node) -> registry.RuleSpec:

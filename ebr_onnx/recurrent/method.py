@@ -100,8 +100,7 @@ class RecurrentMethod:
             reach = graph.signal_tensors([p.boundary])
 
             def rnn_pass(negated: frozenset[str]) -> np.ndarray:
-                ctx = engine.context(mode, values, shapes, negated=negated, overrides=overrides,
-                                     recurrent_rules=options.recurrent_rules)
+                ctx = engine.context(mode, values, shapes, negated=negated, overrides=overrides, options=options)
                 got = walk(ctx, p.rnn_nodes, {logits: xp.asarray(top)}, keep={p.boundary}, reach=reach).get(p.boundary)
                 warns.extend(ctx.warnings)
                 return np.zeros(ctx.shape(p.boundary), engine.dtype) if got is None else to_numpy(got)
