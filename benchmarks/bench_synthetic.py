@@ -36,8 +36,8 @@ from ebr_onnx.app.localize import (
     temporal_segment,
 )
 from ebr_onnx.app.metrics import PointingGame, mean_average_precision
-from ebr_onnx.app.pipeline import model_preprocess, softmax
-from ebr_onnx.app.preprocess import preprocess
+from ebr_onnx.app.pipeline import softmax
+from ebr_onnx.app.preprocess import model_preprocess, preprocess
 from ebr_onnx.app.synthetic import CLASS_NAMES, make_clip, make_concatenated
 
 #: The Table 2 columns: (name, method, recurrent rule set).
@@ -116,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     model = args.model or bundled_model()
     ex = Explainer(model)
-    spec = model_preprocess(ex, None)
+    spec = model_preprocess(ex.graph)
     layer = ex.graph.metadata_json("ebr_onnx.map_layer")
     lengths = args.lengths or [max(2, round(args.frames * f)) for f in (11 / 128, 41 / 128, 65 / 128)]
     started = time.perf_counter()

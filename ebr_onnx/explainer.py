@@ -25,7 +25,7 @@ from .core.engine import Engine
 from .core.errors import EbrError
 from .core.graph import ModelGraph, Node, load_onnx
 from .core.options import RuleOptions
-from .core.request import ExplainRequest
+from .core.request import ExplainRequest, Progress
 from .core.result import ExplainResult
 from .core.targets import Target, class_index, find_classifier, logits_tensor, read_labels
 from .lowering import Lowering
@@ -99,7 +99,16 @@ class Explainer:
             self._methods[kind] = kind(self.engine)
         return self._methods[kind]
 
-    # -- the verb -------------------------------------------------------------------------------------------------
+    # -- the verbs ------------------------------------------------------------------------------------------------
+    def predict(self, inputs: np.ndarray | Mapping[str, np.ndarray], output: str | None = None,
+                extra_inputs: Mapping[str, Any] | None = None) -> np.ndarray:
+        """The forward pass only: the values of the tensor :meth:`explain` sets its prior on (the logits below a
+        final softmax; ``output`` names another output)."""
+        engine = self.engine
+        logits = self.logits_tensor(output)
+        feeds = engine.feeds(inputs, extra_inputs)
+        return np.asarray(engine.runner.run(feeds, [logits])[logits])
+
     def explain(
         self,
         inputs: np.ndarray | Mapping[str, np.ndarray],
@@ -111,6 +120,7 @@ class Explainer:
         output: str | None = None,
         classifier: str | None = None,
         extra_inputs: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
         **recurrent: Any,
     ) -> ExplainResult:
         """Explain ``target`` at ``layer`` (default: the model input) with ``method``.
@@ -120,7 +130,8 @@ class Explainer:
         (default the first; a final Softmax is skipped). ``classifier``: the node whose weights ``ceb``/``cebr``
         negate. Recurrent methods also take ``time_step`` (int, list of ints or ``"all"``; default the last),
         ``recurrent_rules`` (``"caffe"``, the release, or ``"excitation"``), ``boundary`` (the RNN→CNN tensor where
-        Eqs. 5–7 apply) and ``time_axis`` (of the output); see :mod:`ebr_onnx.recurrent.method`.
+        Eqs. 5–7 apply) and ``time_axis`` (of the output); see :mod:`ebr_onnx.recurrent.method`. ``progress`` is
+        called with the fraction of the call done (0–1) after each chunk of examples or frames.
         """
         explainer = self.method(method)
         if recurrent and method not in RECURRENT_METHODS:
@@ -129,5 +140,6 @@ class Explainer:
         if unknown:
             raise TypeError(f"explain() got unexpected keyword arguments {unknown}")
         request = ExplainRequest(inputs=inputs, method=method, target=target, layer=layer, prior=prior,
-                                 output=output, classifier=classifier, extra_inputs=extra_inputs, **recurrent)
+                                 output=output, classifier=classifier, extra_inputs=extra_inputs, progress=progress,
+                                 **recurrent)
         return explainer.explain(request)

@@ -150,3 +150,14 @@ def test_model_failing_the_checker(small_net):
     broken.graph.node[1].input[0] = "no_such_tensor"
     with pytest.raises(EbrError, match="fails the ONNX checker"):
         Explainer(broken)
+
+
+def test_an_empty_batch_is_a_clear_error(small_net):
+    for method in ("eb", "ceb", "grad"):
+        with pytest.raises(EbrError, match="empty batch"):
+            Explainer(small_net).explain(np.zeros((0, *_x().shape[1:]), np.float32), target=0, method=method)
+
+
+def test_integer_frames_name_the_fix(small_net):
+    with pytest.raises(EbrError, match=r"uint8, the model expects float32: preprocess the frames first .*prepare"):
+        Explainer(small_net).explain(np.zeros(_x().shape, np.uint8), target=0)

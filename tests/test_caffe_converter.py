@@ -11,7 +11,7 @@ import pytest
 from caffe_nets import SHARED, caffemodel_bytes, input_layer, layer, run, write_net
 
 from converters.caffe import CaffeConversionError, convert_caffe
-from converters.caffe.cli import main
+from ebr_onnx.app.cli import main as ebr_onnx_main
 
 RELEASE = SHARED / "caffe-release"
 GOLDEN = SHARED / "golden" / "vgg16_lstm_small_a"
@@ -274,13 +274,18 @@ def test_weights_are_required_for_parameter_layers(tmp_path):
 # --- CLI --------------------------------------------------------------------------------------------------------------
 
 
+def convert(args: list[str]) -> int:
+    """``ebr-onnx convert caffe ARGS``, as the command runs it."""
+    return ebr_onnx_main(["convert", "caffe", *args])
+
+
 def test_cli_writes_the_model(tmp_path):
     proto, weights = write_net(tmp_path, IP_NET, {"fc": [np.ones((4, 3)), np.zeros(4)]})
     out = tmp_path / "model.onnx"
-    assert main([str(proto), str(weights), "-o", str(out)]) == 0
+    assert convert([str(proto), str(weights), "-o", str(out)]) == 0
     model = onnx.load(out)
     assert [n.name for n in model.graph.node] == ["fc"]
-    assert main([str(proto), "-o", str(out), "--random-weights", "3", "--lstm-activation", "tanh"]) == 0
+    assert convert([str(proto), "-o", str(out), "--random-weights", "3", "--lstm-activation", "tanh"]) == 0
     assert metadata(onnx.load(out))["ebr_onnx.lstm_activation"] == "tanh"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "net.caffemodel", "net.prototxt"]
 
@@ -297,15 +302,16 @@ def test_cli_writes_the_model(tmp_path):
 def test_cli_reports_errors_on_one_line_and_writes_nothing(tmp_path, capsys, text, blobs, expected):
     proto, weights = write_net(tmp_path, text, blobs)
     out = tmp_path / "model.onnx"
-    assert main([str(proto), *([str(weights)] if weights else []), "-o", str(out)]) != 0
+    assert convert([str(proto), *([str(weights)] if weights else []), "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err
+    assert err.startswith("ebr-onnx: error: ") and err.count("\n") == 1 and expected in err
     assert not out.exists() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
 def test_cli_missing_file(tmp_path, capsys):
-    assert main([str(tmp_path / "absent.prototxt"), "-o", str(tmp_path / "m.onnx")]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert convert([str(tmp_path / "absent.prototxt"), "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ebr-onnx: error: ") and "cannot read" in err and err.count("\n") == 1
 
 
 def test_caffemodel_helper_round_trips():

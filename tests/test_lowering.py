@@ -11,8 +11,7 @@ from onnx import helper
 
 from ebr_onnx import Explainer
 from ebr_onnx.app.demo import bundled_model
-from ebr_onnx.app.pipeline import model_preprocess
-from ebr_onnx.app.preprocess import preprocess
+from ebr_onnx.app.preprocess import model_preprocess, preprocess
 from ebr_onnx.app.synthetic import make_clip
 
 RNG = np.random.default_rng(7)
@@ -69,7 +68,7 @@ def test_relu_mask_applies_to_a_seed_that_is_not_scaled(make_model, backprop):
 @pytest.fixture(scope="module")
 def clip_input() -> tuple[Path, np.ndarray]:
     model = bundled_model()
-    x, _ = preprocess(make_clip(3).frames, model_preprocess(Explainer(model), None))
+    x, _ = preprocess(make_clip(3).frames, model_preprocess(Explainer(model).graph))
     return model, x
 
 

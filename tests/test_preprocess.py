@@ -82,10 +82,32 @@ def test_invalid_presets_raise(kwargs):
 
 
 def test_bad_input_and_unknown_preset_raise():
-    with pytest.raises(EbrError, match="available: caffe-ucf101, imagenet"):
+    with pytest.raises(EbrError, match="available: caffe-ucf101, imagenet, synthetic"):
         get_preset("vgg")
     with pytest.raises(EbrError, match="uint8"):
         preprocess(np.zeros((1, 240, 320, 3), dtype=np.float32))
     with pytest.raises(EbrError, match="larger than"):
         preprocess(np.zeros((1, 100, 100, 3), dtype=np.uint8), Preprocess(size=None, crop=224))
-    assert set(PRESETS) == {"caffe-ucf101", "imagenet"}
+    assert set(PRESETS) == {"caffe-ucf101", "imagenet", "synthetic"}
+
+
+def test_prepare_applies_the_models_recorded_preprocessing():
+    """The bundled model records the synthetic preset's fields; prepare() gives them from the model, a file, an
+    explainer or a graph alike, and the same as preprocess() with the preset named."""
+    from ebr_onnx import Explainer, prepare
+    from ebr_onnx.app.demo import BUNDLED_MODEL
+    from ebr_onnx.app.synthetic import make_clip
+
+    frames = make_clip(0, frames=3).frames
+    ex = Explainer(BUNDLED_MODEL)
+    x, box = prepare(ex, frames)
+    np.testing.assert_array_equal(x, preprocess(frames, "synthetic")[0])
+    assert x.shape == (3, 3, 64, 64) and box.frame_size == (64, 64)
+    np.testing.assert_array_equal(prepare(BUNDLED_MODEL, frames)[0], x)
+    np.testing.assert_array_equal(prepare(ex.graph, frames)[0], x)
+    other, _ = prepare(ex, frames, mean=(0.2, 0.2, 0.2))
+    assert not np.allclose(other, x)
+    with pytest.raises(EbrError, match="unknown preprocessing field"):
+        prepare(ex, frames, colour="red")
+    with pytest.raises(EbrError, match="Explainer, a ModelGraph or an ONNX file"):
+        prepare(42, frames)

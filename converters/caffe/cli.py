@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 
 from .convert import convert_caffe
-from .errors import CaffeConversionError
 from .lstm import ACTIVATIONS
 
 
@@ -41,22 +39,19 @@ def save_atomically(model: onnx.ModelProto, path: Path) -> None:
         raise
 
 
-def main(argv: list[str]) -> int:
-    """Run the command; a conversion or file error is printed as one line on stderr and returns 1."""
+def run(argv: list[str]) -> int:
+    """Run the command; a conversion or file error is raised (``CaffeConversionError``, ``OSError``) for the caller
+    to report."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error, already printed by argparse
         return int(exc.code or 0)
-    try:
-        model = convert_caffe(
-            args.prototxt,
-            args.caffemodel,
-            random_weights=args.random_weights,
-            frames=args.frames,
-            lstm_activation=args.lstm_activation,
-        )
-        save_atomically(model, args.output)
-    except (CaffeConversionError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    model = convert_caffe(
+        args.prototxt,
+        args.caffemodel,
+        random_weights=args.random_weights,
+        frames=args.frames,
+        lstm_activation=args.lstm_activation,
+    )
+    save_atomically(model, args.output)
     return 0

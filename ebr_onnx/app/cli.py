@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from converters.caffe.cli import main as convert_caffe
+from converters.caffe.cli import run as convert_caffe
+from converters.caffe.errors import CaffeConversionError
 
 from ..core.errors import EbrError
 from ..methods import METHODS
@@ -24,46 +26,63 @@ EXIT_USER_ERROR = 2
 
 
 def _ground_parser(sub) -> None:
-    p = sub.add_parser("ground", help="spatiotemporal evidence for a class in a video")
+    p = sub.add_parser("ground", help="spatiotemporal evidence for a class in a video",
+                       description="Explain a class in every clip of a video; write maps, overlays, the evidence "
+                                   "curve, localized segments and summary.json to --out.")
     p.add_argument("model", help="ONNX model")
     p.add_argument("video", help="video file (mp4/avi/webm), folder of frames, or .npy array (T,H,W,3) uint8")
-    p.add_argument("--target", help="class name or index (default: the class predicted at the last step)")
-    p.add_argument("--method", default="cebr", choices=METHODS)
-    p.add_argument("--layer", help="tensor or node name for the maps (default: the model's recorded map layer)")
+    p.add_argument("--target", help="class name or index (default: the class with the highest mean probability "
+                                    "over the clips at --time-step)")
+    p.add_argument("--method", default="cebr", choices=METHODS, help="paper Table 1 (default: cebr)")
+    p.add_argument("--layer", help="tensor or node name for the maps (default: the model's recorded map layer, "
+                                   "else the input)")
     p.add_argument("--out", default="ebr-results", help="output folder (default: ebr-results)")
-    p.add_argument("--frames", type=int, help="clip length T (default: the model's)")
-    p.add_argument("--stride", type=int, help="frames between clip starts (default: T)")
-    p.add_argument("--every", type=int, default=1, help="keep every k-th frame")
-    p.add_argument("--fps", type=float, help="resample the video to this frame rate")
-    p.add_argument("--preset", help="preprocessing preset: caffe-ucf101, imagenet (default: the model's)")
+    clip = p.add_argument_group("clips and sampling")
+    clip.add_argument("--frames", type=int, help="clip length T (default: the model's)")
+    clip.add_argument("--stride", type=int, help="frames between clip starts (default: T)")
+    clip.add_argument("--every", type=int, default=1, help="keep every k-th frame (default: 1)")
+    clip.add_argument("--fps", type=float, help="resample the video to this frame rate")
+    clip.add_argument("--source-fps", type=float, metavar="R",
+                      help="the frame rate of a folder of frames or an array (files: when the container has none)")
+    p.add_argument("--preset", help="preprocessing preset: caffe-ucf101, imagenet, synthetic (default: the model's)")
     custom = p.add_argument_group("custom preprocessing (overrides the preset's fields)")
     custom.add_argument("--size", type=int, nargs="+", metavar="N", help="resize: H W, or the shorter side")
     custom.add_argument("--crop", type=int, nargs="+", metavar="N", help="centre crop: side, or H W")
     custom.add_argument("--mean", type=float, nargs=3, help="per-channel mean, in --channel-order and scaled range")
-    custom.add_argument("--std", type=float, nargs=3, help="per-channel std")
-    custom.add_argument("--channel-order", choices=("RGB", "BGR"))
+    custom.add_argument("--std", type=float, nargs=3, help="per-channel standard deviation")
+    custom.add_argument("--channel-order", choices=("RGB", "BGR"), help="channel order the model expects")
     custom.add_argument("--scale", type=float, help="pixel range: value = pixel / 255 * scale (255 for 0–255)")
     p.add_argument("--labels", help="class names, one per line (default: the labels in the model's metadata)")
-    p.add_argument("--recurrent-rules", default="caffe", choices=("caffe", "excitation"))
-    p.add_argument("--time-step", type=int, default=-1, help="time step of the prior (default: the last)")
-    p.add_argument("--mp4", action="store_true", help="also write overlay.mp4")
+    where = p.add_argument_group("where the method starts (found in the graph unless given)")
+    where.add_argument("--classifier", help="the node whose weights the contrastive dual (ceb, cebr) negates")
+    where.add_argument("--boundary", help="recurrent methods: the per-frame RNN→CNN tensor where Eqs. 5–7 apply")
+    where.add_argument("--time-axis", type=int, help="recurrent methods: the output's time axis")
+    p.add_argument("--recurrent-rules", default="caffe", choices=("caffe", "excitation"),
+                   help="caffe: the authors' release (default); excitation: the mass-conserving variant")
+    p.add_argument("--time-step", type=int, default=-1, help="time step of the prior (default: -1, the last)")
+    pictures = p.add_argument_group("pictures")
+    pictures.add_argument("--no-overlays", action="store_true", help="no pictures: maps and summaries only")
+    pictures.add_argument("--no-gif", action="store_true", help="no overlay.gif per clip")
+    pictures.add_argument("--mp4", action="store_true", help="also write overlay.mp4 per clip")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebr-onnx", description="Excitation Backprop for RNNs on ONNX models")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="bundled model + generated two-action video → ./ebr-demo/")
-    demo.add_argument("--out", default="ebr-demo")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--method", default="cebr", choices=("ebr", "cebr", "gradr"))
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--out", default="ebr-demo", help="output folder (default: ebr-demo)")
+    demo.add_argument("--seed", type=int, help="the generated video's seed (default: the rule in 'demo' docs: the "
+                                               "first seed whose video the model classifies correctly)")
+    demo.add_argument("--method", default="cebr", choices=("ebr", "cebr", "gradr"), help="(default: cebr)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _ground_parser(sub)
     inspect = sub.add_parser("inspect", help="what ebr_onnx finds in a model")
-    inspect.add_argument("model")
+    inspect.add_argument("model", help="ONNX model")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
-    convert = sub.add_parser("convert", help="convert a model to ONNX (caffe)")
-    convert.add_argument("framework", choices=("caffe",))
+    convert = sub.add_parser("convert", help="convert a model to ONNX (caffe)", add_help=False)
+    convert.add_argument("framework", choices=("caffe",), help="the source framework")
     convert.add_argument("args", nargs=argparse.REMAINDER, help="see: ebr-onnx convert caffe --help")
     return parser
 
@@ -80,23 +99,42 @@ def _run(args: argparse.Namespace) -> int:
     target: str | int | None = args.target
     if target is not None and target.isdigit():
         target = int(target)
+    animations = tuple(kind for kind, on in (("gif", not args.no_gif), ("mp4", args.mp4)) if on)
     options = GroundOptions(
         target=target, method=args.method, layer=args.layer, frames=args.frames, stride=args.stride,
-        every=args.every, fps=args.fps, preset=args.preset, recurrent_rules=args.recurrent_rules,
-        time_step=args.time_step, quiet=args.quiet, labels=args.labels,
-        animations=("gif", "mp4") if args.mp4 else ("gif",), preprocess_overrides=_preprocess_overrides(args),
+        every=args.every, fps=args.fps, source_fps=args.source_fps, preset=args.preset,
+        recurrent_rules=args.recurrent_rules, time_step=args.time_step, time_axis=args.time_axis,
+        boundary=args.boundary, classifier=args.classifier, quiet=args.quiet, labels=args.labels,
+        pictures=not args.no_overlays, animations=animations, preprocess_overrides=_preprocess_overrides(args),
     )
-    video = args.video
-    if video.endswith(".npy"):
-        video = np.load(video, allow_pickle=False)
-    summary = ground(args.model, video, Path(args.out), options)
-    for clip in summary["clips"]:
-        s, e = clip["segment_frames"]
-        label = clip["target"]["label"] or clip["target"]["index"]
-        print(f"clip {clip['clip']} (frames {clip['frames'][0]}–{clip['frames'][1]}): {label} localized in frames "
-              f"{s}–{e}")
+    summary = ground(args.model, _video(args.video), Path(args.out), options)
+    print(report_lines(summary))
     print(f"results in {args.out}/")
     return 0
+
+
+def report_lines(summary: dict) -> str:
+    """The console report of a ground run: target, segment, evidence peak, clips and timings."""
+    target = summary["target"]["label"] or summary["target"]["index"]
+    s, e = summary["segment_frames"]
+    seconds = summary["segment_seconds"]
+    when = f" ({seconds[0]:.2f}–{seconds[1]:.2f} s)" if seconds else ""
+    peak = summary["evidence_peak"]
+    t = summary["seconds"]
+    return (f"{target}: localized in frames {s}–{e}{when}, evidence peak at frame {peak['frame']}; "
+            f"{len(summary['clips'])} clip(s)\n"
+            f"time: explanation {t['explanation']:.2f} s, outputs {t['outputs']:.2f} s, total {t['total']:.2f} s")
+
+
+def _video(path: str) -> str | np.ndarray:
+    """A video path, or the array of a ``.npy`` file (never unpickled)."""
+    if not path.endswith(".npy"):
+        return path
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise EbrError(f"{path} is not a plain array ({str(exc).splitlines()[0]}); save frames as a uint8 "
+                       "(T, H, W, 3) array with np.save(path, frames)") from None
 
 
 def _preprocess_overrides(args: argparse.Namespace) -> dict:
@@ -122,12 +160,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except EbrError as exc:
-        print(f"ebr-onnx: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except (EbrError, CaffeConversionError) as exc:
+        return _error(str(exc))
+    except OSError as exc:
+        return _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:
         print("ebr-onnx: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"ebr-onnx: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ebr_onnx")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

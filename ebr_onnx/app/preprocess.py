@@ -9,12 +9,15 @@ whole frame, spec §1.9; we do not).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..core.errors import EbrError
+from ..core.graph import ModelGraph
 
 # float32(x / 255) computed in float64, as caffe.io.load_image does (skimage.img_as_float, then astype(float32)).
 _UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
@@ -63,7 +66,10 @@ PRESETS: dict[str, Preprocess] = {
     "imagenet": Preprocess(
         size=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), channel_order="RGB", scale=1.0
     ),
+    # the generated videos of ebr_onnx.app.synthetic, as the bundled model was trained on them
+    "synthetic": Preprocess(size=(64, 64), crop=None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
 }
+_FIELDS = ("size", "crop", "mean", "std", "channel_order", "scale")
 
 
 def get_preset(name: str) -> Preprocess:
@@ -135,3 +141,44 @@ def preprocess(frames: np.ndarray, spec: Preprocess | str = "caffe-ucf101") -> t
     sy, sx = rh / h, rw / w
     box = CropBox(left / sx, top / sy, (left + cw) / sx, (top + ch) / sy, frame_size=(h, w))
     return x, box
+
+
+def model_preprocess(graph: ModelGraph, preset: str | None = None, overrides: dict[str, Any] | None = None
+                     ) -> Preprocess:
+    """The preprocessing of a model: a named ``preset``, else the one recorded in its metadata
+    (``ebr_onnx.preprocess``: a preset name, or ``{"preset": …}``, or the :class:`Preprocess` fields), with the
+    fields in ``overrides`` (size, crop, mean, std, channel_order, scale) replaced; custom ``overrides`` on a model
+    that records nothing start from the identity transform."""
+    if overrides:
+        unknown = sorted(set(overrides) - set(_FIELDS))
+        if unknown:
+            raise EbrError(f"unknown preprocessing field(s) {unknown}; supported: {', '.join(_FIELDS)}")
+        try:
+            base = model_preprocess(graph, preset)
+        except EbrError:
+            base = Preprocess(size=None, crop=None)
+        return replace(base, **overrides)
+    if preset is not None:
+        return get_preset(preset)
+    meta = graph.metadata_json("ebr_onnx.preprocess")
+    if isinstance(meta, str):
+        return get_preset(meta)
+    if isinstance(meta, dict):
+        if "preset" in meta:
+            return get_preset(meta["preset"])
+        fields = {k: tuple(meta[k]) if isinstance(meta[k], list) else meta[k] for k in _FIELDS if k in meta}
+        return Preprocess(**fields)
+    raise EbrError(f"the model records no preprocessing: name a preset ({', '.join(sorted(PRESETS))}) or the fields")
+
+
+def prepare(model: Any, frames: np.ndarray, preset: str | None = None, **overrides: Any
+            ) -> tuple[np.ndarray, CropBox]:
+    """Frames as ``model`` expects them: uint8 RGB ``(T, H, W, 3)`` → its input ``(T, 3, h, w)`` float32 with the
+    model's recorded preprocessing (or ``preset``, with ``overrides`` of its fields), and the :class:`CropBox` the
+    network sees. ``model``: an :class:`~ebr_onnx.Explainer`, a :class:`ModelGraph` or an ONNX file."""
+    graph = model if isinstance(model, ModelGraph) else getattr(model, "graph", None)
+    if graph is None:
+        if not isinstance(model, (str, Path)):
+            raise EbrError(f"prepare() takes an Explainer, a ModelGraph or an ONNX file, not {type(model).__name__}")
+        graph = ModelGraph(model)
+    return preprocess(frames, model_preprocess(graph, preset, overrides))

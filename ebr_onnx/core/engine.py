@@ -62,6 +62,13 @@ class Engine:
             if name not in self.graph.inputs:
                 raise EbrError(f"{name!r} is not a model input; inputs: {', '.join(self.graph.inputs)}")
             array = np.asarray(value)
+            elem = self.graph.elem_types.get(name) or onnx.TensorProto.FLOAT
+            if name == self.input_name and array.size == 0:
+                raise EbrError(f"input {name!r} has shape {array.shape}: an empty batch, nothing to explain")
+            if name == self.input_name and elem in _FLOAT_TYPES and array.dtype.kind in "biu":
+                raise EbrError(f"input {name!r} is {array.dtype}, the model expects {np.dtype(_onnx_float(elem))}: "
+                               "preprocess the frames first (ebr_onnx.prepare(explainer, frames) applies the "
+                               "model's recorded preprocessing, ebr_onnx.preprocess(frames, spec) a given one)")
             if array.dtype.kind == "f":
                 if not np.isfinite(array).all():
                     raise EbrError(f"input {name!r} contains NaN or infinite values")
@@ -109,6 +116,9 @@ class Engine:
         """On the CPU, NumPy's BLAS runs single-threaded during a walk: its busy-waiting workers would compete with
         onnxruntime's threads for the cores (see :func:`ebr_onnx.core.kernels.blas_threads`)."""
         return blas_threads(1) if self.kernels is not None else nullcontext()
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
 
 def _onnx_float(elem_type: int | None) -> Any:

@@ -86,7 +86,8 @@ def find_classifier(graph: ModelGraph, signal: set[str], logits: str, name: str 
         if node.op_type not in HEAD_OPS:
             break
         tensor = next((t for t in node.inputs if t in signal), "")
-    raise EbrError(f"no classifier (Gemm/MatMul/Conv) found directly below {logits!r}; name it with classifier=…")
+    raise EbrError(f"no classifier (Gemm/MatMul/Conv) found directly below {logits!r}; name it with classifier=… "
+                   "(ebr-onnx: --classifier)")
 
 
 def dual_nodes(graph: ModelGraph, signal: set[str], logits: str, classifier: str | None) -> frozenset[str]:

@@ -52,12 +52,13 @@ class CnnMethod:
         if per_example and len(list(target)) != examples:
             raise EbrError(f"{len(list(target))} targets given for {examples} examples")
         priors = np.asarray(request.prior) if request.prior is not None else None
+        chunks = engine.batches(feeds)
+        results = []
         with engine.blas():
-            results = [
-                self._chunk(request, plan, batch, list(target)[rows] if per_example else target,
-                            priors[rows] if priors is not None and priors.ndim == 2 else priors)
-                for rows, batch in engine.batches(feeds)
-            ]
+            for i, (rows, batch) in enumerate(chunks):
+                results.append(self._chunk(request, plan, batch, list(target)[rows] if per_example else target,
+                                           priors[rows] if priors is not None and priors.ndim == 2 else priors))
+                request.report((i + 1) / len(chunks))
         return ExplainResult(
             maps=np.concatenate([r.maps for r in results]),
             signal=np.concatenate([r.signal for r in results]),

@@ -10,6 +10,7 @@ import numpy as np
 from ..core.backend import to_numpy
 from ..core.engine import Engine
 from ..core.errors import ForwardRejected
+from ..core.request import Progress
 from ..core.walk import walk
 from .plan import Plan, part_tensors
 
@@ -17,6 +18,8 @@ from .plan import Plan, part_tensors
 #: 16-frame VGG-16 clip's captures down to the input take ~860 MB: kept, the CNN runs once instead of twice; the
 #: walk of that chunk would hold them anyway).
 KEEP_BYTES = 1 << 30
+#: The share of a recurrent call's progress reported for the CNN's first pass (the second, with the walk, does more).
+FIRST_PASS_SHARE = 0.3
 
 
 class CnnPass:
@@ -24,9 +27,9 @@ class CnnPass:
     (second pass, reusing the first pass's captures when they fit in :data:`KEEP_BYTES`)."""
 
     def __init__(self, engine: Engine, p: Plan, layers: Sequence[str], mode: str, frames: np.ndarray,
-                 feeds: Mapping[str, np.ndarray]) -> None:
+                 feeds: Mapping[str, np.ndarray], progress: Progress | None = None) -> None:
         """``layers``: the layer's tensor, or its copies in a CNN run once per frame (their signals are stacked in
-        time order on a new leading axis)."""
+        time order on a new leading axis); ``progress`` is told the share of the call done after each chunk."""
         self.engine, self.p, self.layer, self.mode, self.frames, self.feeds = engine, p, layers[0], mode, \
             frames, feeds
         self.count = int(frames.shape[0])
@@ -43,6 +46,11 @@ class CnnPass:
         self.whole = len(self.targets) > 1
         #: The warnings of the CNN walks, in the order they were met.
         self.warnings: list[str] = []
+        self._progress = progress
+
+    def _report(self, fraction: float) -> None:
+        if self._progress is not None:
+            self._progress(fraction)
 
     def chunks(self) -> list[slice]:
         size = self.count if self.whole else self.engine.batch_size
@@ -77,7 +85,9 @@ class CnnPass:
 
     def _run_chunks(self) -> None:
         parts, kept, size = [], [], 0
-        for chunk in self.chunks():
+        chunks = self.chunks()
+        for i, chunk in enumerate(chunks):
+            self._report(FIRST_PASS_SHARE * i / len(chunks))
             feeds = self._chunk_feeds(chunk)
             captures = self._captures(self._shapes(feeds))
             values = self.p.cnn.run(feeds, [self.p.boundary] + captures)
@@ -108,6 +118,7 @@ class CnnPass:
         self.warnings.extend(ctx.warnings)
         parts = [np.zeros(ctx.shape(t), engine.dtype) if got.get(t) is None else to_numpy(got[t])
                  for t in self.targets]
+        self._report(FIRST_PASS_SHARE + (1 - FIRST_PASS_SHARE) * (chunk.stop / self.count))
         return parts[0] if len(parts) == 1 else np.stack(parts)
 
     def backward(self, start: np.ndarray) -> np.ndarray:

@@ -78,7 +78,7 @@ class RecurrentMethod:
             feeds = engine.feeds(request.inputs, request.extra_inputs)
             frames = feeds[p.frames] if p.to_frames is None else p.to_frames.run(feeds, [p.frames])[p.frames]
             layout = _layer_layout(engine, p, layer_t, feeds)
-            cnn = CnnPass(engine, p, layout.tensors, mode, frames, feeds)
+            cnn = CnnPass(engine, p, layout.tensors, mode, frames, feeds, request.progress)
 
             # 1. the recurrent part, on the boundary values
             shapes = engine.shapes_for(feeds)
