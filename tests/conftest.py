@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ebr_onnx.core.backend import to_numpy
 from ebr_onnx.core.context import RuleContext
 from ebr_onnx.core.forward import ForwardRunner
 from ebr_onnx.core.graph import ModelGraph
@@ -32,11 +33,12 @@ def build_model(nodes: list[onnx.NodeProto], inputs: dict[str, list], outputs: l
 
 
 def run_backprop(model: onnx.ModelProto, feeds: dict[str, np.ndarray], seed: np.ndarray | dict[str, np.ndarray],
-                 mode: str = "eb", sources: list[str] | None = None, lowered: bool = False, **options: Any
-                 ) -> tuple[dict[str, np.ndarray], RuleContext]:
+                 mode: str = "eb", sources: list[str] | None = None, lowered: bool = False, xp: Any = np,
+                 **options: Any) -> tuple[dict[str, np.ndarray], RuleContext]:
     """Walk ``seed`` (a signal at the first graph output, or signals by output name) down to ``sources`` (default:
     every fed input) in float64 rule by rule; with ``lowered``, in float32 on the CPU path, whose lowerable bottom
-    part runs as one onnxruntime graph (:mod:`ebr_onnx.lowering`).
+    part runs as one onnxruntime graph (:mod:`ebr_onnx.lowering`); ``xp``: the array module of the walk (a CuPy
+    stand-in runs the device path; the signals come back as NumPy arrays).
 
     Returns the signal at each source (zeros where none arrived) and the rule context (its ``warnings``)."""
     graph = ModelGraph(model)
@@ -47,11 +49,11 @@ def run_backprop(model: onnx.ModelProto, feeds: dict[str, np.ndarray], seed: np.
     wanted = sorted(n for n in required_values(nodes, mode) if n and not graph.is_constant(n))
     values = ForwardRunner(graph).run(feeds, wanted)
     dtype = np.float32 if lowered else np.float64
-    ctx = RuleContext(graph, np, mode, values, shapes, graph.signal_tensors(sources), dtype=dtype,
+    ctx = RuleContext(graph, xp, mode, values, shapes, graph.signal_tensors(sources), dtype=dtype,
                       options=RuleOptions(**options), kernels=KernelCache() if lowered else None,
                       lowerer=Lowering() if lowered else None)
-    got = walk(ctx, nodes, {k: np.asarray(v, dtype) for k, v in seeds.items()}, keep=set(sources))
-    return {s: got.get(s, np.zeros(np.shape(feeds[s]))) for s in sources}, ctx
+    got = walk(ctx, nodes, {k: xp.asarray(np.asarray(v, dtype)) for k, v in seeds.items()}, keep=set(sources))
+    return {s: to_numpy(got[s]) if s in got else np.zeros(np.shape(feeds[s])) for s in sources}, ctx
 
 
 @pytest.fixture(scope="session")

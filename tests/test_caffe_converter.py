@@ -297,6 +297,11 @@ def test_cli_writes_the_model(tmp_path):
         (input_layer("data", (1, 2)) + layer("w", "Warp", ["data"]), None, "unsupported type 'Warp'"),
         (IP_NET, {"fc": [np.zeros((4, 5)), np.zeros(4)]}, "weight blob 0 has shape (4, 5)"),
         (IP_NET, {"fc": [np.zeros((4, 3))]}, "weight blob 1 is missing"),
+        (input_layer("data", (1, 2)) + layer("am", "ArgMax", ["data"]) + layer("r", "ReLU", ["am"]), None,
+         "layer 'am' (ArgMax): only supported at the output (where it is dropped), but layer 'r' (ReLU) reads"),
+        (input_layer("data", (1, 2, 3, 3)) + layer("up", "Deconvolution", ["data"], params="convolution_param "
+                                                   "{ num_output: 2 kernel_size: 2 group: 2 bias_term: false }"),
+         {"up": [np.zeros((2, 2, 2, 2))]}, "layer 'up' (Deconvolution) weight blob 0 has shape (2, 2, 2, 2)"),
     ],
 )
 def test_cli_reports_errors_on_one_line_and_writes_nothing(tmp_path, capsys, text, blobs, expected):
@@ -306,6 +311,20 @@ def test_cli_reports_errors_on_one_line_and_writes_nothing(tmp_path, capsys, tex
     err = capsys.readouterr().err
     assert err.startswith("ebr-onnx: error: ") and err.count("\n") == 1 and expected in err
     assert not out.exists() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_cli_prints_conversion_notes_as_warnings(tmp_path, capsys):
+    text = (IP_NET + layer("prob", "Softmax", ["fc"]) + layer("argmax", "ArgMax", ["prob"])
+            + layer("bn", "BatchNorm", ["data"], params="batch_norm_param { use_global_stats: false }"))
+    proto, _ = write_net(tmp_path, text)
+    out = tmp_path / "model.onnx"
+    assert convert([str(proto), "-o", str(out), "--random-weights", "0"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("ebr-onnx: warning: layer '") for line in lines)
+    assert "'argmax' (ArgMax): dropped" in lines[0] and "'bn' (BatchNorm): use_global_stats: false" in lines[1]
+    model = onnx.load(out)
+    assert sorted(o.name for o in model.graph.output) == ["bn", "prob"]
+    assert len(json.loads(metadata(model)["ebr_onnx.conversion_notes"])) == 2
 
 
 def test_cli_missing_file(tmp_path, capsys):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import onnx
 import pytest
-from caffe_nets import input_layer, layer, run, write_net
+from caffe_nets import caffe_conv, caffe_lstm, caffe_pool, input_layer, layer, run, write_net
 
-from converters.caffe import convert_caffe
+from converters.caffe import CaffeConversionError, CaffeConversionWarning, convert_caffe
 
 RNG = np.random.default_rng(0)
 
@@ -25,52 +27,6 @@ def convert_run(tmp_path, text, weights, feeds, tensors=(), **options):
 # --- NumPy transcriptions of Caffe's forward code ------------------------------------------------------------------
 
 
-def caffe_conv(x, w, b, stride, pad, dilation, group):
-    """conv_layer.cpp via im2col: zero padding, dilated kernel, groups; output floor((H + 2p - ext) / s) + 1."""
-    n, _, height, width = x.shape
-    out_c, cg, kh, kw = w.shape
-    ext = [dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1]
-    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-    ho = (height + 2 * pad[0] - ext[0]) // stride[0] + 1
-    wo = (width + 2 * pad[1] - ext[1]) // stride[1] + 1
-    og = out_c // group
-    y = np.zeros((n, out_c, ho, wo), np.float64)
-    for g in range(group):
-        xs, ws = xp[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og]
-        for i in range(ho):
-            for j in range(wo):
-                r, c = i * stride[0], j * stride[1]
-                patch = xs[:, :, r : r + ext[0] : dilation[0], c : c + ext[1] : dilation[1]]
-                y[:, g * og : (g + 1) * og, i, j] = np.einsum("nchw,ochw->no", patch, ws)
-    return y + (0 if b is None else b[None, :, None, None])
-
-
-def caffe_pool(x, method, kernel, stride, pad):
-    """pooling_layer.cpp Forward_cpu, line by line (ceil rounding, the end-padding rule, AVE's pool_size)."""
-    height, width = x.shape[2:]
-    pooled = []
-    for size, k, s, p in zip((height, width), kernel, stride, pad):
-        out = int(math.ceil(float(size + 2 * p - k) / s)) + 1
-        if p and (out - 1) * s >= size + p:
-            out -= 1
-        pooled.append(out)
-    y = np.zeros(x.shape[:2] + tuple(pooled), np.float64)
-    for ph in range(pooled[0]):
-        for pw in range(pooled[1]):
-            hstart, wstart = ph * stride[0] - pad[0], pw * stride[1] - pad[1]
-            if method == "MAX":
-                hend, wend = min(hstart + kernel[0], height), min(wstart + kernel[1], width)
-                hstart, wstart = max(hstart, 0), max(wstart, 0)
-                y[:, :, ph, pw] = x[:, :, hstart:hend, wstart:wend].max(axis=(2, 3))
-            else:
-                hend, wend = min(hstart + kernel[0], height + pad[0]), min(wstart + kernel[1], width + pad[1])
-                pool_size = (hend - hstart) * (wend - wstart)
-                hstart, wstart = max(hstart, 0), max(wstart, 0)
-                hend, wend = min(hend, height), min(wend, width)
-                y[:, :, ph, pw] = x[:, :, hstart:hend, wstart:wend].sum(axis=(2, 3)) / pool_size
-    return y
-
-
 def caffe_lrn_across(x, size, alpha, beta, k):
     """lrn_layer.cpp CrossChannelForward_cpu: scale = k + alpha/size * sum of squares over the channel window."""
     channels = x.shape[1]
@@ -82,21 +38,48 @@ def caffe_lrn_across(x, size, alpha, beta, k):
     return x * scale**-beta
 
 
-def caffe_lstm(x, cont, w_xc, b_c, w_hc, act):
-    """lstm_unit_layer.cpp (the release's ReLU variant or upstream tanh) over Caffe's unrolled LSTM net."""
-    steps, batch, _ = x.shape
-    hidden = w_hc.shape[1]
-    h, c = np.zeros((batch, hidden)), np.zeros((batch, hidden))
-    sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
-    out = []
-    for t in range(steps):
-        gates = (h * cont[t][:, None]) @ w_hc.T + (x[t] @ w_xc.T + b_c)
-        a_i, a_f, a_o, a_g = np.split(gates, 4, axis=1)
-        i, f, o, g = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o), act(a_g)
-        c = cont[t][:, None] * f * c + i * g
-        h = o * act(c)
-        out.append(h)
-    return np.stack(out)
+def caffe_deconv(x, w, b, stride, pad, dilation, group):
+    """deconv_layer.cpp: col2im of Wᵀx (the convolution's backward data pass), weight (C, num_output / group, kh, kw).
+
+    Every input pixel (i, j) adds x[c, i, j] · w[c, o] at output (i·s − p + ki·d, j·s − p + kj·d); what lands in
+    the padding is dropped. Output size s·(n − 1) + d·(k − 1) + 1 − 2p.
+    """
+    n, channels, height, width = x.shape
+    _, og, kh, kw = w.shape
+    cg = channels // group
+    out = [stride[a] * (size - 1) + dilation[a] * (k - 1) + 1 - 2 * pad[a]
+           for a, (size, k) in enumerate(((height, kh), (width, kw)))]
+    full = np.zeros((n, og * group, out[0] + 2 * pad[0], out[1] + 2 * pad[1]), np.float64)
+    for g in range(group):
+        xs, ws = x[:, g * cg : (g + 1) * cg], w[g * cg : (g + 1) * cg]
+        for i in range(height):
+            for j in range(width):
+                for ki in range(kh):
+                    for kj in range(kw):
+                        r, c = i * stride[0] + ki * dilation[0], j * stride[1] + kj * dilation[1]
+                        full[:, g * og : (g + 1) * og, r, c] += xs[:, :, i, j] @ ws[:, :, ki, kj]
+    y = full[:, :, pad[0] : pad[0] + out[0], pad[1] : pad[1] + out[1]]
+    return y + (0 if b is None else b[None, :, None, None])
+
+
+def caffe_prelu(x, slope, channel_shared):
+    """prelu_layer.cpp: top = max(x, 0) + slope[c] · min(x, 0), c = (i / dim) % channels (dim = count from axis 2)."""
+    flat, out = x.ravel(), np.empty(x.size, np.float64)
+    channels, dim = x.shape[1], math.prod(x.shape[2:])
+    for i, value in enumerate(flat):
+        a = slope.reshape(-1)[0 if channel_shared else (i // dim) % channels]
+        out[i] = max(value, 0) + a * min(value, 0)
+    return out.reshape(x.shape)
+
+
+def caffe_power(x, power, scale, shift):
+    """power_layer.cpp: constant when power · scale == 0, else copy, scal, add_scalar, powx."""
+    if power * scale == 0:
+        return np.full(x.shape, 1.0 if power == 0 else shift**power)
+    y = x.astype(np.float64)
+    y = y * scale if scale != 1 else y
+    y = y + shift if shift != 0 else y
+    return y**power if power != 1 else y
 
 
 def relu(v):
@@ -328,13 +311,23 @@ def test_scale_and_bias(tmp_path):
     np.testing.assert_allclose(got["bi2"], x + s[:, :, None], rtol=1e-6)
 
 
+@pytest.mark.parametrize("global_stats", ["true", "false"])
 @pytest.mark.parametrize("factor", [4.0, 0.0])
-def test_batch_norm(tmp_path, factor):
-    """Caffe divides the stored mean/variance by blobs[2][0] (uses 0 when that factor is 0)."""
+def test_batch_norm(tmp_path, factor, global_stats):
+    """Caffe divides the stored mean/variance by blobs[2][0] (uses 0 when that factor is 0); use_global_stats: false
+    (batch statistics in Caffe) is converted as inference with the stored ones, and says so."""
     x, mean, var = rand(2, 3, 4), rand(3), np.abs(rand(3)) + 0.5
-    params = "batch_norm_param { use_global_stats: true eps: 0.001 }"
+    params = f"batch_norm_param {{ use_global_stats: {global_stats} eps: 0.001 }}"
     text = input_layer("data", x.shape) + layer("bn", "BatchNorm", ["data"], params=params)
-    got = convert_run(tmp_path, text, {"bn": [mean, var, np.array([factor])]}, {"data": x})["bn"]
+    proto, weights = write_net(tmp_path, text, {"bn": [mean, var, np.array([factor])]})
+    if global_stats == "false":
+        with pytest.warns(CaffeConversionWarning, match=r"layer 'bn' \(BatchNorm\): use_global_stats: false"):
+            model = convert_caffe(proto, weights)
+        notes = json.loads({p.key: p.value for p in model.metadata_props}["ebr_onnx.conversion_notes"])
+        assert len(notes) == 1 and notes[0].startswith("layer 'bn' (BatchNorm): use_global_stats: false")
+    else:
+        model = convert_caffe(proto, weights)
+    got = run(model, {"data": x})["bn"]
     s = 0.0 if factor == 0 else 1 / factor
     want = (x - s * mean[:, None]) / np.sqrt(s * var[:, None] + 0.001)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -374,3 +367,146 @@ def test_average_pool_forms(tmp_path, size, kernel, stride, pad, ops, count_incl
     assert [n.name for n in model.graph.node][-1] == "pool"
     pool = model.graph.node[-1]
     assert {a.name: a for a in pool.attribute}["count_include_pad"].i == count_include_pad
+
+
+@pytest.mark.parametrize(
+    ("conv_param", "stride", "pad", "dilation", "group", "kernel", "bias"),
+    [
+        ("num_output: 3 kernel_size: 4 stride: 2 pad: 1", (2, 2), (1, 1), (1, 1), 1, (4, 4), True),  # 2× upsampling
+        ("num_output: 5 kernel_size: 3", (1, 1), (0, 0), (1, 1), 1, (3, 3), True),
+        ("num_output: 4 kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 1 pad_h: 1 pad_w: 0",
+         (3, 1), (1, 0), (1, 1), 1, (3, 2), True),
+        ("num_output: 6 kernel_size: 3 dilation: 2 group: 2 stride: 2 pad: 2 bias_term: false",
+         (2, 2), (2, 2), (2, 2), 2, (3, 3), False),
+    ],
+)
+def test_deconvolution(tmp_path, conv_param, stride, pad, dilation, group, kernel, bias):
+    """Weight blob (C_in, num_output / group, kh, kw), as Caffe stores it; output size s·(n − 1) + ext − 2p."""
+    x = rand(2, 4, 5, 6)
+    out_c = 6 if group == 2 else int(conv_param.split()[1])
+    w, b = rand(4, out_c // group, *kernel), rand(out_c)
+    deconv = layer("up", "Deconvolution", ["data"], params=f"convolution_param {{ {conv_param} }}")
+    proto, weights = write_net(tmp_path, input_layer("data", x.shape) + deconv, {"up": [w, b] if bias else [w]})
+    model = convert_caffe(proto, weights)
+    assert [n.op_type for n in model.graph.node] == ["ConvTranspose"]
+    got = run(model, {"data": x})["up"]
+    want = caffe_deconv(x, w, b if bias else None, stride, pad, dilation, group)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_deconvolution_weight_layout_and_bilinear_filler(tmp_path):
+    """A Convolution-layout blob (num_output, C_in, …) is refused; random weights follow Caffe's bilinear filler."""
+    params = ('convolution_param { num_output: 2 kernel_size: 4 stride: 2 pad: 1 group: 2 bias_term: false '
+              'weight_filler { type: "bilinear" } }')
+    text = input_layer("data", (1, 2, 3, 3)) + layer("up", "Deconvolution", ["data"], params=params)
+    proto, weights = write_net(tmp_path, text, {"up": [np.zeros((2, 2, 4, 4))]})
+    with pytest.raises(CaffeConversionError, match=r"layer 'up' \(Deconvolution\) weight blob 0 has shape "
+                                                   r"\(2, 2, 4, 4\).*needs \(2, 1, 4, 4\)"):
+        convert_caffe(proto, weights)
+    model = convert_caffe(proto, random_weights=0)
+    kernel = onnx.numpy_helper.to_array({t.name: t for t in model.graph.initializer}["up/weight"])
+    ramp = np.array([0.25, 0.75, 0.75, 0.25])
+    np.testing.assert_allclose(kernel, np.broadcast_to(np.outer(ramp, ramp), (2, 1, 4, 4)))
+    x = rand(1, 2, 3, 3)
+    np.testing.assert_allclose(run(model, {"data": x})["up"], caffe_deconv(x, kernel, None, (2, 2), (1, 1), (1, 1), 2),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("convolution_param { num_output: 2 kernel_size: 5 pad: 3 }", r"output size \(-1, -1\)"),
+        ("convolution_param { num_output: 3 kernel_size: 2 group: 2 }", "group 2 does not divide 4 inputs and 3"),
+        ("convolution_param { num_output: 2 kernel_size: 2 axis: 2 }", "only channel axis 1"),
+    ],
+)
+def test_deconvolution_errors(tmp_path, params, message):
+    text = input_layer("data", (1, 4, 1, 1)) + layer("up", "Deconvolution", ["data"], params=params)
+    with pytest.raises(CaffeConversionError, match=r"^layer 'up' \(Deconvolution\): " + message):
+        convert_caffe(write_net(tmp_path, text)[0], random_weights=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "params", "blob"),
+    [
+        ((2, 3, 4, 5), "", (3,)),
+        ((4, 6), "", (6,)),
+        ((2, 3, 4), "prelu_param { channel_shared: true }", ()),
+    ],
+)
+def test_prelu(tmp_path, shape, params, blob):
+    x = rand(*shape)
+    slope = RNG.uniform(-0.5, 0.5, blob).astype(np.float32)
+    text = input_layer("data", shape) + layer("prelu", "PReLU", ["data"], params=params)
+    got = convert_run(tmp_path, text, {"prelu": [slope]}, {"data": x})["prelu"]
+    np.testing.assert_allclose(got, caffe_prelu(x, slope, bool(params)), rtol=1e-6, atol=1e-7)
+
+
+def test_prelu_default_filler_and_errors(tmp_path):
+    """Caffe's default slope is 0.25; a per-channel layer needs an axis 1; a shared slope is a 0-axis blob."""
+    text = input_layer("data", (2, 3)) + layer("prelu", "PReLU", ["data"])
+    model = convert_caffe(write_net(tmp_path, text)[0], random_weights=0)
+    np.testing.assert_allclose(run(model, {"data": -np.ones((2, 3))})["prelu"], -0.25)
+    text = input_layer("data", (5,)) + layer("prelu", "PReLU", ["data"])
+    with pytest.raises(CaffeConversionError, match=r"^layer 'prelu' \(PReLU\): needs channels on axis 1"):
+        convert_caffe(write_net(tmp_path, text)[0], random_weights=0)
+    shared = layer("prelu", "PReLU", ["data"], params="prelu_param { channel_shared: true }")
+    text = input_layer("data", (2, 3)) + shared
+    proto, weights = write_net(tmp_path, text, {"prelu": [np.zeros(3)]})
+    with pytest.raises(CaffeConversionError, match=r"layer 'prelu' \(PReLU\) weight blob 0 has shape \(3\).*\(\)"):
+        convert_caffe(proto, weights)
+
+
+@pytest.mark.parametrize(
+    ("params", "ops"),
+    [
+        ("power: 2 scale: 0.5 shift: 1", ["Mul", "Add", "Pow"]),
+        ("power: 1 scale: -2 shift: 0.5", ["Mul", "Add"]),
+        ("power: 3", ["Pow"]),
+        ("power: 0.5 shift: 4 scale: 0.25", ["Mul", "Add", "Pow"]),  # 4 + x/4 > 0 here
+        ("power: 2 scale: 0 shift: 3", ["Expand"]),  # Caffe ignores x: 3^2
+        ("power: 0 scale: 5", ["Expand"]),  # 1
+        ("", ["Identity"]),
+    ],
+)
+def test_power(tmp_path, params, ops):
+    x = rand(2, 3, 4)
+    fields = dict(zip(params.split()[::2], map(float, params.split()[1::2])))
+    text = input_layer("data", x.shape) + layer("pw", "Power", ["data"], params=f"power_param {{ {params} }}")
+    proto, _ = write_net(tmp_path, text)
+    model = convert_caffe(proto)
+    assert [n.op_type for n in model.graph.node] == ops and model.graph.node[-1].name == "pw"
+    want = caffe_power(x, fields.get("power:", 1.0), fields.get("scale:", 1.0), fields.get("shift:", 0.0))
+    np.testing.assert_allclose(run(model, {"data": x})["pw"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_argmax_at_the_output_is_dropped(tmp_path):
+    """The explanation needs the scores: the ArgMax goes, its bottom is the output, and the model says so."""
+    x = rand(2, 5)
+    text = (
+        input_layer("data", x.shape)
+        + layer("prob", "Softmax", ["data"])
+        + layer("argmax", "ArgMax", ["prob"], params="argmax_param { top_k: 2 out_max_val: true axis: 1 }")
+        + layer("silence", "Silence", ["argmax"], tops=[])
+    )
+    proto, _ = write_net(tmp_path, text)
+    with pytest.warns(CaffeConversionWarning, match=r"layer 'argmax' \(ArgMax\): dropped; the model outputs "
+                                                    r"the scores 'prob'"):
+        model = convert_caffe(proto)
+    assert [n.name for n in model.graph.node] == ["prob"] and [o.name for o in model.graph.output] == ["prob"]
+    notes = json.loads({p.key: p.value for p in model.metadata_props}["ebr_onnx.conversion_notes"])
+    assert notes == ["layer 'argmax' (ArgMax): dropped; the model outputs the scores 'prob' instead "
+                     "(explanations start from the scores)"]
+    np.testing.assert_allclose(run(model, {"data": x})["prob"].sum(axis=1), 1, rtol=1e-6)
+
+
+def test_argmax_inside_the_net_is_refused(tmp_path):
+    text = (
+        input_layer("data", (2, 5))
+        + layer("argmax", "ArgMax", ["data"], tops=["label"])
+        + layer("r", "ReLU", ["label"])
+    )
+    with pytest.raises(CaffeConversionError, match=r"^layer 'argmax' \(ArgMax\): only supported at the output .*"
+                                                   r"layer 'r' \(ReLU\) reads its top 'label'$"):
+        convert_caffe(write_net(tmp_path, text)[0])

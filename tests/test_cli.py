@@ -191,15 +191,14 @@ def test_cnn_with_a_1x1_conv_classifier_is_grounded_with_eb_ceb_grad(tmp_path, h
     np.save(tmp_path / "v.npy", x)
     for method in ("eb", "ceb", "grad"):
         out = tmp_path / method
-        classifier = ["--classifier", "classifier"] if method == "ceb" and head == "Sigmoid" else []
         proc = run("ground", str(tmp_path / "cnn.onnx"), str(tmp_path / "v.npy"), "--method", method, "--frames",
-                   "4", "--size", "16", "16", "--target", "2", "--out", str(out), *classifier, cwd=tmp_path)
+                   "4", "--size", "16", "16", "--target", "2", "--out", str(out), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         summary = _check_outputs(out, 8, clips=2)
         with np.load(out / "maps.npz", allow_pickle=False) as data:
             assert data["maps"].shape == (8, 16, 16)
             np.testing.assert_allclose(data["probs"], expected, rtol=1e-5)
-        assert summary["target"]["index"] == 2
+        assert summary["target"]["index"] == 2 and summary["warnings"] == []   # the prior sits below the head
 
 
 def test_whole_video_from_overlapping_clips(tmp_path):

@@ -24,6 +24,11 @@ def test_bundled_model_report():
     assert report["lowered_on_cpu"] == {"nodes": 10, "first": "conv1", "last": "flatten"}
     assert "run as one onnxruntime graph on the CPU: 10 nodes, conv1 … flatten" in text
     assert describe(Explainer(BUNDLED_MODEL, lowering=False))["lowered_on_cpu"] is None
+    run = report["run"]
+    assert run["input_shape"] == [16, 3, 64, 64] and run["logits_time_axis"] == 0 and run["steps"] == 16
+    assert run["logits_sequence_axes"] == [1] and run["input_time_axis"] == 0
+    assert report["declared_shapes_contradicted"] == [] and report["head"] == ["Softmax"]
+    assert "traced: logits (16, 1, 8): time axis 0 (16 steps)" in text
 
 
 def test_loop_model_reports_unrolled_loop_and_cells():

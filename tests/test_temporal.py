@@ -200,7 +200,7 @@ def test_user_errors(exported):
         ex.explain(x, target=0, method="ebr", time_step=T)
     with pytest.raises(EbrError, match="recurrent_rules"):
         ex.explain(x, target=0, method="ebr", recurrent_rules="lrp")
-    with pytest.raises(EbrError, match="one clip"):
+    with pytest.raises(EbrError, match="2 targets given for the one sequence"):
         ex.explain(x, target=[0, 1], method="ebr")
 
 

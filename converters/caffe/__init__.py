@@ -1,6 +1,6 @@
 """Caffe → ONNX converter for ebr_onnx (no Caffe needed): ``convert_caffe`` and the ``convert caffe`` CLI."""
 
 from .convert import convert_caffe
-from .errors import CaffeConversionError
+from .errors import CaffeConversionError, CaffeConversionWarning
 
-__all__ = ["CaffeConversionError", "convert_caffe"]
+__all__ = ["CaffeConversionError", "CaffeConversionWarning", "convert_caffe"]

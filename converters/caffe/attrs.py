@@ -55,6 +55,14 @@ def conv_window(param, n: int, layer: str) -> Window:
     )
 
 
+def deconvolved_size(size: tuple[int, ...], window: Window) -> tuple[int, ...]:
+    """Caffe's ``DeconvolutionLayer::compute_output_shape``: stride·(n − 1) + dilation·(kernel − 1) + 1 − 2·pad."""
+    return tuple(
+        s * (n - 1) + d * (k - 1) + 1 - 2 * q
+        for n, k, s, q, d in zip(size, window.kernel, window.stride, window.pad, window.dilation)
+    )
+
+
 def pool_window(param, layer: str) -> Window:
     """PoolingParameter → Window (2-D; single values or ``*_h``/``*_w``)."""
     if not (param.HasField("kernel_size") or param.HasField("kernel_h")):

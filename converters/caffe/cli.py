@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
 
 from .convert import convert_caffe
+from .errors import CaffeConversionWarning
 from .lstm import ACTIVATIONS
 
 
@@ -20,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("prototxt", type=Path, help="the deploy net definition (text)")
     parser.add_argument("caffemodel", type=Path, nargs="?", help="trained weights (binary); omit with --random-weights")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write")
-    parser.add_argument("--frames", type=int, help="replace the hard-coded time/batch size T")
+    parser.add_argument("--frames", type=int, metavar="T",
+                        help="the clip length: T steps (an input of T·N frames for N interleaved LSTM streams, "
+                             "N kept); default: the prototxt's")
     parser.add_argument("--lstm-activation", choices=sorted(ACTIVATIONS), default="relu",
                         help="relu: the release's LSTM unit (default); tanh: upstream Caffe's")
     parser.add_argument("--random-weights", type=int, metavar="SEED", help="seeded random weights (structure only)")
@@ -41,17 +46,24 @@ def save_atomically(model: onnx.ModelProto, path: Path) -> None:
 
 def run(argv: list[str]) -> int:
     """Run the command; a conversion or file error is raised (``CaffeConversionError``, ``OSError``) for the caller
-    to report."""
+    to report. Conversion notes (``CaffeConversionWarning``) are printed to stderr, one line each."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error, already printed by argparse
         return int(exc.code or 0)
-    model = convert_caffe(
-        args.prototxt,
-        args.caffemodel,
-        random_weights=args.random_weights,
-        frames=args.frames,
-        lstm_activation=args.lstm_activation,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CaffeConversionWarning)
+        model = convert_caffe(
+            args.prototxt,
+            args.caffemodel,
+            random_weights=args.random_weights,
+            frames=args.frames,
+            lstm_activation=args.lstm_activation,
+        )
+    for warning in caught:
+        if issubclass(warning.category, CaffeConversionWarning):
+            print(f"ebr-onnx: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     save_atomically(model, args.output)
     return 0

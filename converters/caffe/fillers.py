@@ -26,7 +26,8 @@ def _fan(shape: tuple[int, ...], norm: int) -> float:
 
 
 def fill(rng: np.random.Generator, shape: tuple[int, ...], filler: FillerParameter | None) -> np.ndarray:
-    """A float32 array of ``shape`` drawn as Caffe's filler would: constant, uniform, gaussian, xavier or msra."""
+    """A float32 array of ``shape`` drawn as Caffe's filler would: constant, uniform, gaussian, xavier, msra or
+    bilinear (4-D square kernels)."""
     filler = filler if filler is not None else DEFAULT_FILLER
     kind = filler.type
     if kind == "constant":
@@ -40,6 +41,8 @@ def fill(rng: np.random.Generator, shape: tuple[int, ...], filler: FillerParamet
         return _uniform(rng, shape, -scale, scale)
     if kind == "msra":
         return _gaussian(rng, shape, 0.0, math.sqrt(2.0 / _fan(shape, filler.variance_norm)))
+    if kind == "bilinear" and len(shape) == 4 and shape[2] == shape[3]:
+        return _bilinear(shape)
     return fill(rng, shape, DEFAULT_FILLER)
 
 
@@ -55,3 +58,11 @@ def _gaussian(rng: np.random.Generator, shape: tuple[int, ...], mean: float, std
     values *= np.float32(std)
     values += np.float32(mean)
     return values
+
+
+def _bilinear(shape: tuple[int, ...]) -> np.ndarray:
+    """Caffe's BilinearFiller (upsampling deconvolutions): (1 − |x/f − c|)(1 − |y/f − c|), f = ⌈K/2⌉, c = (K−1)/(2f)."""
+    size = shape[-1]
+    f = math.ceil(size / 2)
+    ramp = 1 - np.abs(np.arange(size) / f - (size - 1) / (2 * f))
+    return np.ascontiguousarray(np.broadcast_to(np.outer(ramp, ramp), shape), dtype=np.float32)

@@ -27,6 +27,8 @@ class GraphBuilder:
         self._inferred_upto = 0
         #: Tensors an LSTM reads as clip markers (the converter records defaults for the inputs behind them).
         self.clip_markers: list[str] = []
+        #: Each LSTM layer's step count T (the first dim of its input).
+        self.lstm_steps: dict[str, int] = {}
 
     def fresh(self, name: str) -> str:
         """``name``, or ``name_1``, ``name_2`` … if a Caffe blob or an earlier tensor already uses it."""

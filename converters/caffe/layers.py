@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .attrs import axis_index, conv_window, pool_end_pad, pool_window, reshape_target
+from .attrs import axis_index, conv_window, deconvolved_size, pool_end_pad, pool_window, reshape_target
 from .fillers import constant
 from .registry import LayerContext, converter
 from .schema import EltwiseParameter, FillerParameter, LRNParameter, PoolingParameter
@@ -45,23 +45,29 @@ def dummy_data(ctx: LayerContext) -> None:
     _add_inputs(ctx, shapes)
 
 
-@converter("Convolution")
-def convolution(ctx: LayerContext) -> None:
-    """Convolution: cross-correlation with symmetric zero padding, stride, dilation and groups, plus bias."""
+def _convolution(ctx: LayerContext, op: str) -> None:
+    """Conv or ConvTranspose from a ``convolution_param``, with Caffe's blobs (weight, optional bias).
+
+    Caffe's weight is (conv_out_channels, conv_in_channels / group, *kernel): (num_output, C / group, …) for a
+    Convolution; a Deconvolution swaps the roles, (C, num_output / group, …), which is ONNX ConvTranspose's layout.
+    """
     p = ctx.layer.convolution_param
     shape = ctx.shape()
     if axis_index(p.axis, len(shape), ctx.name) != 1:
         raise ctx.error("only channel axis 1 is supported")
+    if not p.num_output:
+        raise ctx.error("convolution_param.num_output must be positive")
     window = conv_window(p, len(shape) - 2, ctx.name)
     if shape[1] % p.group or p.num_output % p.group:
         raise ctx.error(f"group {p.group} does not divide {shape[1]} inputs and {p.num_output} outputs")
-    specs = [BlobSpec((p.num_output, shape[1] // p.group, *window.kernel), prototxt_filler(p, "weight_filler"))]
+    rows, columns = (p.num_output, shape[1]) if op == "Conv" else (shape[1], p.num_output)
+    specs = [BlobSpec((rows, columns // p.group, *window.kernel), prototxt_filler(p, "weight_filler"))]
     if p.bias_term:
         specs.append(BlobSpec((p.num_output,), prototxt_filler(p, "bias_filler", _ZERO)))
     arrays = ctx.params(*specs)
     names = [ctx.const(suffix, a) for suffix, a in zip(("weight", "bias"), arrays)]
     ctx.node(
-        "Conv",
+        op,
         [ctx.inputs[0], *names],
         kernel_shape=window.kernel,
         strides=window.stride,
@@ -69,6 +75,26 @@ def convolution(ctx: LayerContext) -> None:
         dilations=window.dilation,
         group=p.group,
     )
+
+
+@converter("Convolution")
+def convolution(ctx: LayerContext) -> None:
+    """Convolution: cross-correlation with symmetric zero padding, stride, dilation and groups, plus bias."""
+    _convolution(ctx, "Conv")
+
+
+@converter("Deconvolution")
+def deconvolution(ctx: LayerContext) -> None:
+    """Deconvolution (``deconv_layer.cpp``): the convolution's backward data pass (col2im of Wᵀx), plus bias.
+
+    Output size per axis: stride·(in − 1) + dilation·(kernel − 1) + 1 − 2·pad; contributions that fall into the
+    padding are dropped. Emitted as ConvTranspose with the same attributes (no output_padding).
+    """
+    size = ctx.shape()[2:]
+    out = deconvolved_size(size, conv_window(ctx.layer.convolution_param, len(size), ctx.name))
+    if min(out, default=1) < 1:
+        raise ctx.error(f"output size {out} for input {tuple(size)} is not positive")
+    _convolution(ctx, "ConvTranspose")
 
 
 @converter("Pooling")
@@ -315,14 +341,19 @@ def bias(ctx: LayerContext) -> None:
 
 @converter("BatchNorm")
 def batch_norm(ctx: LayerContext) -> None:
-    """BatchNorm with stored statistics: (x - mean/s) / sqrt(var/s + eps), s = blobs[2][0] (0 when s == 0)."""
+    """BatchNorm with stored statistics: (x - mean/s) / sqrt(var/s + eps), s = blobs[2][0] (0 when s == 0).
+
+    ``use_global_stats: false`` (Caffe normalises each batch by its own statistics) is converted the same way,
+    as inference, with a note.
+    """
     p = ctx.layer.batch_norm_param
     if p.HasField("use_global_stats") and not p.use_global_stats:
-        raise ctx.error("use_global_stats: false normalises with batch statistics, which has no fixed ONNX form")
+        ctx.note(
+            "use_global_stats: false normalises each batch by its own statistics in Caffe; converted as inference "
+            "with the stored mean and variance (divided by the stored moving-average factor)"
+        )
     channels = ctx.shape()[1]
-    mean, var, factor = ctx.params(
-        BlobSpec((channels,)), BlobSpec((channels,), _ONE), BlobSpec((1,), _ONE)
-    )
+    mean, var, factor = ctx.params(BlobSpec((channels,)), BlobSpec((channels,), _ONE), BlobSpec((1,), _ONE))
     inv = np.float32(0.0 if factor[0] == 0 else 1.0 / factor[0])
     ctx.node(
         "BatchNormalization",
@@ -335,3 +366,38 @@ def batch_norm(ctx: LayerContext) -> None:
         ],
         epsilon=p.eps,
     )
+
+
+@converter("PReLU")
+def prelu(ctx: LayerContext) -> None:
+    """PReLU: max(x, 0) + a_c · min(x, 0), a slope per channel (axis 1; blob (C,)) or one shared (blob ())."""
+    p = ctx.layer.prelu_param
+    shape = ctx.shape()
+    if len(shape) < 2:
+        raise ctx.error(f"needs channels on axis 1, but the input has shape {shape}")
+    blob = () if p.channel_shared else (shape[1],)
+    (slope,) = ctx.params(BlobSpec(blob, prototxt_filler(p, "filler", constant(0.25))))
+    target = (1,) if p.channel_shared else (shape[1], *(1,) * (len(shape) - 2))
+    ctx.node("PRelu", [ctx.inputs[0], ctx.const("slope", slope.reshape(target))])
+
+
+@converter("Power")
+def power(ctx: LayerContext) -> None:
+    """Power: y = (shift + scale · x)^power; the constant shift^power (1 when power is 0) when power · scale = 0.
+
+    Only the steps that change x are emitted (Mul by scale, Add shift, Pow), as Caffe skips them too.
+    """
+    p = ctx.layer.power_param
+    x = ctx.inputs[0]
+    if p.power * p.scale == 0:
+        value = np.float32(1.0) if p.power == 0 else np.power(np.float32(p.shift), np.float32(p.power))
+        ctx.node("Expand", [ctx.const("value", np.float32(value)), ctx.const("shape", _int64(ctx.shape()))])
+        return
+    steps = [(op, name, value) for op, name, value, neutral in
+             (("Mul", "scale", p.scale, 1.0), ("Add", "shift", p.shift, 0.0), ("Pow", "power", p.power, 1.0))
+             if value != neutral]
+    if not steps:
+        ctx.node("Identity", [x])
+    for index, (op, name, value) in enumerate(steps):
+        last = index == len(steps) - 1
+        x = ctx.node(op, [x, ctx.const(name, np.float32(value))], suffix=None if last else name)

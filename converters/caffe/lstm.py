@@ -88,3 +88,4 @@ def lstm(ctx: LayerContext) -> None:
         hs.append(node("Unsqueeze", [h, axes0], "h_seq"))
     ctx.node("Concat", hs, axis=0)
     ctx.graph.clip_markers.append(cont)
+    ctx.graph.lstm_steps[ctx.name] = steps

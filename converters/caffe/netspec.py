@@ -71,11 +71,14 @@ def _input_shapes(layer: LayerParameter) -> Iterable:
     return ()
 
 
-def with_frames(net: NetParameter, frames: int) -> NetParameter:
-    """Replace the hard-coded time/batch size T (the first dim of the first input) by ``frames``.
+def with_frames(net: NetParameter, frames: int, steps: int | None = None) -> NetParameter:
+    """Set the clip length to ``frames`` time steps.
 
-    Changed: the first dim of every Input/DummyData shape equal to T (also the legacy ``num`` field)
-    and every Reshape dim equal to T. The LSTM's T follows from its input's shape.
+    F, the first dim of the first input, is T·N frames: T steps of N interleaved streams (frame t·N + n is step t of
+    stream n), where T is the LSTMs' step count ``steps`` (None: no LSTM, T = F, N = 1). N is kept: every
+    Input/DummyData first dim equal to F (also the legacy ``num`` field) becomes ``frames``·N, and the leading dim
+    of every Reshape at axis 0 becomes ``frames``·N where it is F, ``frames`` where it is T (upstream LRCN's
+    ``(T, N, C)`` reshape). Dims given as 0 or -1 follow on their own.
     """
     out = NetParameter()
     out.CopyFrom(net)
@@ -84,14 +87,66 @@ def with_frames(net: NetParameter, frames: int) -> NetParameter:
     if not firsts:
         raise CaffeConversionError(f"net '{net.name}': no Input or DummyData shape to take the frame count from")
     old = firsts[0]
+    steps = old if steps is None else steps
+    if old % steps:
+        raise CaffeConversionError(
+            f"net '{net.name}': the LSTM runs {steps} steps but the first input has {old} frames, not a multiple "
+            "of it, so --frames cannot tell steps from streams"
+        )
+    new = frames * (old // steps)
     for layer in out.layer:
         for shape in _input_shapes(layer):
             if shape.dim and shape.dim[0] == old:
-                shape.dim[0] = frames
+                shape.dim[0] = new
         if layer.type == "DummyData":
             nums = layer.dummy_data_param.num
-            nums[:] = [frames if n == old else n for n in nums]
-        if layer.type == "Reshape":
-            dims = layer.reshape_param.shape.dim
-            dims[:] = [frames if d == old else d for d in dims]
+            nums[:] = [new if n == old else n for n in nums]
+        dims = layer.reshape_param.shape.dim
+        if layer.type == "Reshape" and layer.reshape_param.axis == 0 and dims:
+            dims[0] = {old: new, steps: frames}.get(dims[0], dims[0])
     return out
+
+
+def _first_reader(
+    layers: list[LayerParameter], tops: set[str], ignored: frozenset[str]
+) -> tuple[LayerParameter | None, str]:
+    """The first of ``layers`` (not of an ``ignored`` type) that reads one of ``tops`` before it is rewritten."""
+    live = set(tops)
+    for layer in layers:
+        read = live & set(layer.bottom)
+        if read and layer.type not in ignored:
+            return layer, sorted(read)[0]
+        live -= set(layer.top)
+    return None, ""
+
+
+def drop_output_layers(
+    net: NetParameter, types: frozenset[str], ignored: frozenset[str]
+) -> tuple[NetParameter, list[str]]:
+    """Remove the layers of ``types`` (ArgMax) whose tops no later layer reads, readers of ``ignored`` types aside.
+
+    Returns the net and one note per removed layer. A layer of ``types`` whose top is read further on is an error:
+    the explanation needs the scores, and nothing after an ArgMax has them.
+    """
+    out = NetParameter()
+    out.CopyFrom(net)
+    kept, notes = [], []
+    layers = list(net.layer)
+    for index, layer in enumerate(layers):
+        if layer.type not in types:
+            kept.append(layer)
+            continue
+        reader, blob = _first_reader(layers[index + 1 :], set(layer.top), ignored)
+        if reader is not None:
+            raise CaffeConversionError(
+                f"layer '{layer.name}' ({layer.type}): only supported at the output (where it is dropped), "
+                f"but layer '{reader.name}' ({reader.type}) reads its top '{blob}'"
+            )
+        scores = ", ".join(f"'{b}'" for b in layer.bottom)
+        notes.append(
+            f"layer '{layer.name}' ({layer.type}): dropped; the model outputs the scores {scores} instead "
+            "(explanations start from the scores)"
+        )
+    del out.layer[:]
+    out.layer.extend(kept)
+    return out, notes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,10 @@ DROPPED_TYPES = frozenset(
     }
 )
 
+#: Layer types that post-process the scores (the explanation needs the scores themselves): dropped, with a note,
+#: when no converted layer reads their tops; refused otherwise (``netspec.drop_output_layers``).
+OUTPUT_ONLY_TYPES = frozenset({"ArgMax"})
+
 
 @dataclass(frozen=True)
 class Options:
@@ -45,6 +49,8 @@ class LayerContext:
     graph: GraphBuilder
     weights: WeightSource
     options: Options
+    #: Messages about approximations, shared by all layers of one conversion (see ``note``).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -79,6 +85,10 @@ class LayerContext:
     def error(self, message: str) -> CaffeConversionError:
         return CaffeConversionError(f"layer '{self.name}' ({self.layer.type}): {message}")
 
+    def note(self, message: str) -> None:
+        """Record an approximation the converter made for this layer (reported as a warning and in metadata)."""
+        self.notes.append(f"layer '{self.name}' ({self.layer.type}): {message}")
+
 
 Converter = Callable[[LayerContext], None]
 _CONVERTERS: dict[str, Converter] = {}
@@ -96,7 +106,7 @@ def converter(*types: str) -> Callable[[Converter], Converter]:
 
 
 def supported_types() -> list[str]:
-    return sorted(_CONVERTERS) + sorted(DROPPED_TYPES)
+    return sorted(_CONVERTERS) + sorted(OUTPUT_ONLY_TYPES) + sorted(DROPPED_TYPES)
 
 
 def lookup(layer: LayerParameter) -> Converter:

@@ -99,6 +99,7 @@ _MESSAGES: dict[str, list[_Field]] = {
         F("propagate_down", 11, "bool", "repeated"),
         F("include", 8, "NetStateRule", "repeated"),
         F("exclude", 9, "NetStateRule", "repeated"),
+        F("argmax_param", 103, "ArgMaxParameter"),
         F("batch_norm_param", 139, "BatchNormParameter"),
         F("bias_param", 141, "BiasParameter"),
         F("concat_param", 104, "ConcatParameter"),
@@ -111,6 +112,8 @@ _MESSAGES: dict[str, list[_Field]] = {
         F("input_param", 143, "InputParameter"),
         F("lrn_param", 118, "LRNParameter"),
         F("pooling_param", 121, "PoolingParameter"),
+        F("power_param", 122, "PowerParameter"),
+        F("prelu_param", 131, "PReLUParameter"),
         F("recurrent_param", 146, "RecurrentParameter"),
         F("relu_param", 123, "ReLUParameter"),
         F("reshape_param", 133, "ReshapeParameter"),
@@ -123,6 +126,11 @@ _MESSAGES: dict[str, list[_Field]] = {
         F("bottom", 2, "string", "repeated"),
         F("top", 3, "string", "repeated"),
         F("name", 4, "string"),
+    ],
+    "ArgMaxParameter": [
+        F("out_max_val", 1, "bool", default="false"),
+        F("top_k", 2, "uint32", default="1"),
+        F("axis", 3, "int32"),
     ],
     "BatchNormParameter": [
         F("use_global_stats", 1, "bool"),
@@ -203,6 +211,15 @@ _MESSAGES: dict[str, list[_Field]] = {
         F("stride_h", 7, "uint32"),
         F("stride_w", 8, "uint32"),
         F("global_pooling", 12, "bool", default="false"),
+    ],
+    "PowerParameter": [
+        F("power", 1, "float", default="1"),
+        F("scale", 2, "float", default="1"),
+        F("shift", 3, "float", default="0"),
+    ],
+    "PReLUParameter": [
+        F("filler", 1, "FillerParameter"),
+        F("channel_shared", 2, "bool", default="false"),
     ],
     "RecurrentParameter": [
         F("num_output", 1, "uint32", default="0"),

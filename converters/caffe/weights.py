@@ -89,6 +89,13 @@ class RandomWeights:
         return [fill(self._rng, spec.shape, spec.filler) for spec in specs]
 
 
+class ZeroWeights:
+    """Zero blobs of the right shapes: for a conversion that only needs the tensor shapes."""
+
+    def arrays(self, layer: LayerParameter, specs: list[BlobSpec]) -> list[np.ndarray]:
+        return [np.zeros(spec.shape, np.float32) for spec in specs]
+
+
 class NoWeights:
     """Used when neither a caffemodel nor a seed is given: any layer with parameters is an error."""
 

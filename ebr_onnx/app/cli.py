@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="what ebr_onnx finds in a model")
     inspect.add_argument("model", help="ONNX model")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--input-shape", type=int, nargs="+", metavar="N",
+                         help="the test run's input shape (default: the declared one, free dimensions filled)")
     convert = sub.add_parser("convert", help="convert a model to ONNX (caffe)", add_help=False)
     convert.add_argument("framework", choices=("caffe",), help="the source framework")
     convert.add_argument("args", nargs=argparse.REMAINDER, help="see: ebr-onnx convert caffe --help")
@@ -91,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "convert":
         return convert_caffe(args.args)
     if args.command == "inspect":
-        report = describe(args.model)
+        report = describe(args.model, args.input_shape)
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
     if args.command == "demo":

@@ -1,20 +1,26 @@
 """``ebr-onnx inspect``: what ebr_onnx finds in a model — the ops on the signal path and whether each has a rule, each
-recurrence (fused op, unrolled cell, Loop, Scan) with its direction, the RNN→CNN boundary, the classifier, and the
-candidate map layers."""
+recurrence (fused op, unrolled cell, Loop, Scan) with its direction, the RNN→CNN boundary, the classifier and its
+head activation, the candidate map layers, and what one run on a test input shows: the traced time and sequence
+axes of the input and output, and the declared shapes the run contradicts."""
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import onnx
 
 from ..core import registry
 from ..core.errors import EbrError
 from ..core.ops import MAP_LAYER_OPS
-from ..core.targets import dual_nodes
+from ..core.targets import dual_nodes, logits_below
 from ..explainer import Explainer
+from ..recurrent.frames import input_time_axis
 from ..recurrent.plan import build_plan
+
+#: The size given to an input's free dimensions in the test run (the first: 1 sequence or image).
+FREE_DIM = 16
 
 
 def _shape(explainer: Explainer, name: str) -> list[Any] | None:
@@ -22,8 +28,11 @@ def _shape(explainer: Explainer, name: str) -> list[Any] | None:
     return list(dims) if dims is not None else None
 
 
-def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
-    """A JSON-able report of the model as the engine sees it."""
+def describe(model: str | Path | onnx.ModelProto | Explainer, input_shape: Sequence[int] | None = None
+             ) -> dict[str, Any]:
+    """A JSON-able report of the model as the engine sees it; the test run feeds random values of ``input_shape``
+    (default: the declared shape, free dimensions set to the model's recorded clip length, else 1 for the first axis
+    and :data:`FREE_DIM` for the others)."""
     ex = model if isinstance(model, Explainer) else Explainer(model)
     graph = ex.graph
     loops = [{"name": name, "op_type": op} for name, op in ex.unrolled_loops]
@@ -48,6 +57,7 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
         "classifier": None,
         "map_layers": [],
     }
+    report["head"] = logits_below(graph, graph.outputs[0])[1]
     try:
         names = sorted(dual_nodes(graph, ex.engine.signal, logits, None))
         report["classifier"] = names[0] if len(names) == 1 else names
@@ -88,6 +98,54 @@ def describe(model: str | Path | onnx.ModelProto | Explainer) -> dict[str, Any]:
     if recorded:
         report["recommended_map_layer"] = recorded
     report["lowered_on_cpu"] = _lowered_run(ex, path)
+    report.update(_test_run(ex, input_shape, parts is not None))
+    return report
+
+
+def _test_input_shape(ex: Explainer) -> tuple[int, ...]:
+    declared = ex.graph.shapes.get(ex.input_name) or ()
+    recorded = ex.graph.metadata_json("ebr_onnx.frames")
+    first = int(recorded) if recorded else 1
+    return tuple(d if isinstance(d, int) and d > 0 else (first if i == 0 else int(recorded or FREE_DIM))
+                 for i, d in enumerate(declared))
+
+
+def _test_run(ex: Explainer, input_shape: Sequence[int] | None, recurrent: bool) -> dict[str, Any]:
+    """One run on random input: the run-time shapes of the outputs against the declared ones and, for a recurrent
+    model, BP-R to the boundary (which traces the time axes) — the input's time axis, the time and sequence axes of
+    the logits (the tensor the prior is set on), the number of steps."""
+    shape = tuple(input_shape) if input_shape is not None else _test_input_shape(ex)
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    graph = ex.graph
+    run: dict[str, Any] = {"input_shape": list(shape)}
+    try:
+        names = [n for n in graph.declared_shapes if not graph.is_constant(n)]
+        values = ex.engine.runner.run(ex.engine.feeds(x), names)
+    except EbrError as exc:
+        return {"run": run, "run_problem": f"{exc} (pass the input's shape: --input-shape)"}
+    run["output_shapes"] = {n: list(np.shape(values[n])) for n in graph.outputs}
+    contradicted = []
+    for name, declared in graph.declared_shapes.items():
+        got = np.shape(values.get(name)) if name in values else None
+        if declared is not None and got is not None and (len(declared) != len(got) or any(
+                isinstance(d, int) and d > 0 and d != g for d, g in zip(declared, got))):
+            contradicted.append({"tensor": name, "declared": list(declared), "run": list(got)})
+    report: dict[str, Any] = {"run": run, "declared_shapes_contradicted": contradicted}
+    if recurrent:
+        try:
+            boundary = build_plan(ex.engine, ex.logits_tensor(), None).boundary
+            res = ex.explain(x, method="gradr", layer=boundary)   # no CNN walk: the boundary is the layer
+        except EbrError as exc:
+            report["run_problem"] = str(exc)
+            return report
+        out = res.output
+        run["logits"] = res.info.logits
+        run["logits_shape"] = list(out.shape)
+        run["logits_time_axis"] = res.info.time_axis
+        run["steps"] = None if res.info.time_axis is None else out.shape[res.info.time_axis]
+        run["logits_sequence_axes"] = [a for a in range(out.ndim - 1) if a != res.info.time_axis]
+        run["input_time_axis"] = input_time_axis(graph, ex.input_name, res.info.frames, shape)
+        run["frames_tensor"] = res.info.frames
     return report
 
 
@@ -133,6 +191,18 @@ def format_report(report: dict[str, Any]) -> str:
     if isinstance(classifier, list):
         classifier = f"{len(classifier)} nodes sharing the classifier's weights ({classifier[0]}, …)"
     lines.append(f"classifier (negated by the contrastive dual): {classifier or report.get('classifier_problem')}")
+    if report["head"]:
+        lines.append(f"output head: {' ← '.join(report['head'])} (the prior sits on the logits below it)")
+    run = report["run"]
+    lines.append(f"test run on input {tuple(run['input_shape'])}: " + (
+        report["run_problem"] if "run_problem" in report else f"outputs {run['output_shapes']}"))
+    if "logits_time_axis" in run:
+        lines.append(f"traced: logits {tuple(run['logits_shape'])}: time axis {run['logits_time_axis']} "
+                     f"({run['steps']} steps), sequence axes {run['logits_sequence_axes']}; input time axis "
+                     f"{run['input_time_axis']} (frames tensor {run['frames_tensor']})")
+    for item in report.get("declared_shapes_contradicted", []):
+        lines.append(f"declared shape of {item['tensor']!r} {item['declared']} is contradicted by the run "
+                     f"{item['run']}: ignored")
     layers = report["map_layers"][-8:]
     lines.append("candidate map layers (last 8): " + ", ".join(f"{m['tensor']} {m['shape']}" for m in layers))
     if "recommended_map_layer" in report:

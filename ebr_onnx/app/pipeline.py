@@ -29,7 +29,7 @@ import numpy as np
 from ..core.errors import EbrError
 from ..core.numeric import sigmoid
 from ..core.result import ExplainResult
-from ..core.targets import cnn_scores
+from ..core.targets import cnn_scores, logits_below
 from ..explainer import Explainer
 from ..methods import RECURRENT_METHODS
 from .colour import ColourScale
@@ -197,7 +197,7 @@ def _video_prediction(ex: Explainer, inputs, options: GroundOptions, total: int 
 def step_probabilities(ex: Explainer, logits: np.ndarray, time_axis: int | None, method: str) -> np.ndarray:
     """Class probabilities ``(steps, classes)`` of a clip's logits: per time step for a recurrent output (its time
     axis first), per example (frame) for a CNN; softmax over the classes, or a sigmoid where the model's output is
-    one (multi-label heads; as they are where the explained tensor is a Sigmoid's output)."""
+    one (multi-label heads)."""
     logits = np.asarray(logits, dtype=np.float64)
     if method in RECURRENT_METHODS:
         axis = time_axis if time_axis is not None else 0
@@ -205,11 +205,7 @@ def step_probabilities(ex: Explainer, logits: np.ndarray, time_axis: int | None,
         scores = steps.reshape(len(steps), -1, steps.shape[-1])[:, 0]
     else:
         scores = cnn_scores(logits) if logits.ndim > 1 else logits[None]
-    logits_name = ex.logits_tensor()
-    producer = ex.graph.producer.get(logits_name)
-    if producer is not None and producer.op_type == "Sigmoid":
-        return scores                        # the explained output is already a probability per class
-    if any(n.op_type == "Sigmoid" for n in ex.graph.consumers.get(logits_name, [])):
+    if "Sigmoid" in logits_below(ex.graph, ex.graph.outputs[0])[1]:
         return np.asarray(sigmoid(np, scores))
     return softmax(scores)
 

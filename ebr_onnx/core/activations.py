@@ -28,6 +28,12 @@ def _sigmoid_derivative(xp: Any, x: Any, a: float, b: float) -> Any:
     return s * (1 - s)
 
 
+def _mish_derivative(xp: Any, x: Any, a: float, b: float) -> Any:
+    """``d/dx x·tanh(softplus(x)) = tanh(sp) + x (1 − tanh²(sp)) σ(x)``."""
+    t = xp.tanh(xp.logaddexp(x, 0))
+    return t + x * (1 - t * t) * sigmoid(xp, x)
+
+
 #: Lower-case name (ONNX's recurrent activation names) → the function.
 ACTIVATIONS: dict[str, ActivationFn] = {
     "relu": ActivationFn(lambda xp, x, a, b: xp.maximum(x, 0), lambda xp, x, a, b: (x > 0).astype(x.dtype)),
@@ -52,11 +58,12 @@ ACTIVATIONS: dict[str, ActivationFn] = {
     "hardswish": ActivationFn(lambda xp, x, a, b: x * xp.clip(x / 6 + 0.5, 0, 1),
                               lambda xp, x, a, b: xp.where(x < -3, 0.0, xp.where(x > 3, 1.0, x / 3 + 0.5))),
     "erf": ActivationFn(None, lambda xp, x, a, b: 2 / math.sqrt(math.pi) * xp.exp(-x * x)),
+    "mish": ActivationFn(lambda xp, x, a, b: x * xp.tanh(xp.logaddexp(x, 0)), _mish_derivative),
 }
 
 #: ONNX op type → (its name in :data:`ACTIVATIONS`, the node attributes that give alpha and beta).
 OP_ACTIVATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Sigmoid": ("sigmoid", ()), "Tanh": ("tanh", ()), "Elu": ("elu", ("alpha",)), "Selu": ("selu", ("alpha", "gamma")),
     "Softplus": ("softplus", ()), "Softsign": ("softsign", ()), "HardSigmoid": ("hardsigmoid", ("alpha", "beta")),
-    "HardSwish": ("hardswish", ()), "Erf": ("erf", ()),
+    "HardSwish": ("hardswish", ()), "Erf": ("erf", ()), "Mish": ("mish", ()),
 }

@@ -96,10 +96,11 @@ class Engine:
     def capture_plan(self, nodes: Sequence[Node], mode: str, shapes: Mapping[str, tuple[int, ...]],
                      extra: Sequence[str] = (), overrides_needs: Callable[[Node], list[str] | None] | None = None
                      ) -> list[str]:
-        """The tensors to capture: what the rules read, plus signal inputs whose shapes are not known statically."""
+        """The tensors to capture: what the rules read, plus inputs whose shapes are not known statically (a rule
+        may read the shape of any operand, e.g. Concat's)."""
         names = required_values(nodes, mode, overrides_needs) | set(extra)
         for node in nodes:
-            names.update(t for t in node.inputs if t in self.signal and t not in shapes)
+            names.update(t for t in node.inputs if t and t not in shapes)
         return sorted(n for n in names if n and not self.graph.is_constant(n))
 
     def context(self, mode: str, values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *,

@@ -113,6 +113,14 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | Non
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
 
 
+def _drop_declared_shapes(model: onnx.ModelProto) -> None:
+    """Forget the declared shapes of outputs and intermediates (exporters write wrong ones, and a wrong one makes
+    onnx's inference fail): they are inferred anew from the inputs."""
+    del model.graph.value_info[:]
+    for vi in model.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+
+
 class ModelGraph:
     """An ONNX model as nodes, tensors, constants and inferred shapes, with a networkx view for the walk."""
 
@@ -164,6 +172,8 @@ class ModelGraph:
         self.inputs = [i.name for i in g.input if i.name not in self._initializers and i.name not in self.weights]
         self.outputs = [o.name for o in g.output]
         self.metadata = {p.key: p.value for p in self.light.metadata_props}
+        #: The shapes the file declares for its outputs and intermediates (not trusted: see ``shapes``).
+        self.declared_shapes = {vi.name: _dims(vi) for vi in list(g.output) + list(g.value_info)}
         self._constants: dict[str, np.ndarray] = {}
         for n in nodes:
             if n.op_type == "Constant" and n.outputs:
@@ -219,6 +229,7 @@ class ModelGraph:
     def _infer_shapes(self) -> tuple[dict[str, tuple | None], dict[str, int]]:
         light = onnx.ModelProto()
         light.CopyFrom(self.light)
+        _drop_declared_shapes(light)
         try:
             inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
         except Exception:  # a model that onnx cannot infer still runs in onnxruntime; shapes come from captures then
@@ -238,13 +249,15 @@ class ModelGraph:
         return shapes, types
 
     def concrete_shapes(self, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        """Fully known tensor shapes for these input shapes (data-propagating inference on the weightless copy)."""
+        """Fully known tensor shapes for these input shapes (data-propagating inference on the weightless copy,
+        declared shapes of outputs and intermediates ignored)."""
         key = tuple(sorted(input_shapes.items()))
         cache = self.__dict__.setdefault("_concrete_cache", {})
         if key in cache:
             return cache[key]
         light = onnx.ModelProto()
         light.CopyFrom(self.light)
+        _drop_declared_shapes(light)
         for vi in light.graph.input:
             if vi.name in input_shapes:
                 dims = vi.type.tensor_type.shape.dim

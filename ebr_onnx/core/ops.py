@@ -14,8 +14,8 @@ MATRIX_OPS = frozenset({"Gemm", "MatMul"})
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 #: Control flow that ebr_onnx unrolls on load.
 LOOP_OPS = frozenset({"Loop", "Scan"})
-#: Output activations looked through to find the logits the prior is set on.
-SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
+#: Output activations (heads) looked through to find the pre-activation logits the prior is set on.
+HEAD_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Dropout"})
 #: Pooling ops: their output is non-negative where their input is.
 POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
 
@@ -31,13 +31,21 @@ ROUTING_OPS = RESHAPE_OPS | PICK_OPS | {"Identity"}
 #: Ops between a classifier and the logits that do not change which unit is which (bias adds, picks, layouts).
 HEAD_OPS = LAYOUT_OPS | {"Add", "Sub", "Gather", "Slice"}
 #: Ops whose output is non-negative when their (first) input is: a linear rule below them needs no sign check.
-SIGN_KEEPING_OPS = LAYOUT_OPS | POOLING_OPS
+SIGN_KEEPING_OPS = LAYOUT_OPS | POOLING_OPS | {"Cast", "Tile", "Upsample", "ReduceMax", "ReduceMin"}
 #: Ops whose output has the same axes as their (first) signal input.
 SAME_AXES_OPS = frozenset({
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Clip", "Identity", "Dropout", "Cast", "Neg",
     "Abs", "Exp", "Log", "Sqrt", "BatchNormalization", "InstanceNormalization", "LRN", "MaxPool", "AveragePool",
     "LpPool", "Pad", "Slice", "Split", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Softmax", "Conv",
     "ConvTranspose", "Resize", "Upsample", "Concat", "GlobalAveragePool", "GlobalMaxPool",
+    "Reciprocal", "Pow", "Mish", "CastLike", "LayerNormalization", "GroupNormalization", "Tile", "Where",
+})
+#: Gates: a signal tensor multiplied by (a layout of) one of their outputs is gated; under EB the gate is a weight.
+GATE_OPS = frozenset({"Sigmoid", "HardSigmoid"})
+#: Ops whose outputs are booleans or indices: they end a signal path (their inputs take none).
+NON_FLOAT_OPS = frozenset({
+    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
+    "ArgMax", "ArgMin", "NonZero",
 })
 #: Layers offered as map layers.
 MAP_LAYER_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "BatchNormalization")

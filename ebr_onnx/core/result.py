@@ -69,11 +69,6 @@ class ExplainResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def channel_sum(signal: np.ndarray) -> np.ndarray:
-    """The map of a signal: the sum over the channel axis (axis 1) of an (N, C, …) tensor."""
-    return signal.sum(axis=1) if signal.ndim >= 3 else signal
-
-
 def check_finite(signal: np.ndarray, method: str, layer: str) -> None:
     """Never hand out a map with NaN or inf: raise instead (the rules guard every division; this would be a bug)."""
     if not np.isfinite(signal).all():

@@ -4,13 +4,13 @@ of Alg. 1 (a one-hot on the target's pre-softmax logit, or the user's vector ove
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import EbrError
 from .graph import ModelGraph, Node
-from .ops import HEAD_OPS, LAYOUT_OPS, LINEAR_OPS, SOFTMAX_OPS
+from .ops import HEAD_ACTIVATIONS, HEAD_OPS, LAYOUT_OPS, LINEAR_OPS
 
 #: A target: a class index, a label name, one of those per example, or None (the predicted class).
 Target = int | str | Sequence[int | str] | None
@@ -30,12 +30,25 @@ def read_labels(graph: ModelGraph, labels: Sequence[str] | str | Path | None) ->
 
 
 def logits_tensor(graph: ModelGraph, output: str | None = None) -> str:
-    """The tensor the prior is set on: ``output`` (default the first model output), moved below a final softmax."""
+    """The tensor the prior is set on: ``output`` (default the first model output), moved below the final head
+    activations (Softmax, LogSoftmax, Sigmoid, Identity): the pre-activation logits, as in the release's recipe."""
     name = graph.resolve_tensor(output, "output") if output else graph.outputs[0]
+    return logits_below(graph, name)[0]
+
+
+def logits_below(graph: ModelGraph, output: str) -> tuple[str, list[str]]:
+    """The pre-activation logits below ``output`` — the input of the innermost head activation reached through
+    head activations and layout ops (a CTC head's LogSoftmax, then a Transpose) — and the head activations passed
+    (outermost first); ``output`` itself when there is none."""
+    name, heads, logits = output, [], output
     node = graph.producer.get(name)
-    if node is not None and node.op_type in SOFTMAX_OPS:
-        return node.inputs[0]
-    return name
+    while node is not None and (node.op_type in HEAD_ACTIVATIONS or node.op_type in LAYOUT_OPS):
+        name = node.inputs[0]
+        if node.op_type in HEAD_ACTIVATIONS:
+            heads.append(node.op_type)
+            logits = name
+        node = graph.producer.get(name)
+    return logits, heads
 
 
 def class_index(labels: Sequence[str] | None, target: int | str, classes: int) -> int:
@@ -104,15 +117,20 @@ def dual_nodes(graph: ModelGraph, signal: set[str], logits: str, classifier: str
     return frozenset({n.name for n in found} | shared)
 
 
-def class_axis(logits: np.ndarray) -> int:
-    """The class axis of a CNN's logits: axis 1 of a 4-D (N, C, h, w) map of scores, else the last."""
+def class_axis(logits: np.ndarray, axis: int | None = None) -> int:
+    """The class axis of a CNN's logits: ``axis`` (traced from the classifier), else axis 1 of a 4-D (N, C, h, w)
+    map of scores, else the last."""
+    if axis is not None:
+        return axis
     return 1 if logits.ndim == 4 else logits.ndim - 1
 
 
-def cnn_prior(logits: np.ndarray, targets: Sequence[int], prior: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+def cnn_prior(logits: np.ndarray, targets: Sequence[int], prior: np.ndarray | None, dtype: np.dtype,
+              axis: int | None = None) -> np.ndarray:
     """The top signal of a CNN: a one-hot on each example's target logit (over a spatial map: the release's spatial
-    softmax of that channel), or the user's prior vector placed on the class axis."""
-    axis = class_axis(logits)
+    softmax of that channel), or the user's prior vector placed on the class axis (``axis``: see
+    :func:`class_axis`)."""
+    axis = class_axis(logits, axis)
     out = np.zeros_like(logits, dtype=dtype)
     if prior is not None:
         vec = np.asarray(prior, dtype=dtype)
@@ -121,19 +139,21 @@ def cnn_prior(logits: np.ndarray, targets: Sequence[int], prior: np.ndarray | No
         vec = np.broadcast_to(vec, (logits.shape[0], vec.shape[-1]))
         shape = [logits.shape[0]] + [1] * (logits.ndim - 1)
         shape[axis] = vec.shape[-1]
-        return np.broadcast_to(vec.reshape(shape), logits.shape).astype(dtype) / max(
-            1, int(np.prod(logits.shape[2:])) if axis == 1 else 1)
+        spatial = int(np.prod(logits.shape[1:])) // logits.shape[axis] if logits.ndim == 4 else 1
+        return np.broadcast_to(vec.reshape(shape), logits.shape).astype(dtype) / spatial
     for n, k in enumerate(targets):
-        if axis == 1 and logits.ndim == 4:
-            score = logits[n, k].astype(np.float64)
+        index: list[Any] = [n] + [slice(None)] * (logits.ndim - 1)
+        index[axis] = k
+        if logits.ndim == 4:
+            score = logits[tuple(index)].astype(np.float64)
             weights = np.exp(score - score.max())
-            out[n, k] = weights / weights.sum()
+            out[tuple(index)] = weights / weights.sum()
         else:
-            out[n, ..., k] = 1.0
+            out[tuple(index)] = 1.0
     return out
 
 
-def cnn_scores(logits: np.ndarray) -> np.ndarray:
+def cnn_scores(logits: np.ndarray, axis: int | None = None) -> np.ndarray:
     """(N, classes): each example's highest score per class over any other axes (spatial maps, steps)."""
-    axis = class_axis(logits)
+    axis = class_axis(logits, axis)
     return np.moveaxis(logits, axis, -1).reshape(logits.shape[0], -1, logits.shape[axis]).max(axis=1)

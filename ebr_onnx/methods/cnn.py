@@ -14,24 +14,26 @@ from ..core.engine import Engine
 from ..core.errors import EbrError
 from ..core.graph import Node
 from ..core.request import ExplainRequest
-from ..core.result import ExplainInfo, ExplainResult, Mass, channel_sum, check_finite
-from ..core.targets import Target, cnn_prior, cnn_scores, find_classifier, logits_tensor, target_classes
+from ..core.result import ExplainInfo, ExplainResult, Mass, check_finite
+from ..core.targets import Target, cnn_prior, cnn_scores, dual_nodes, find_classifier, logits_tensor, target_classes
 from ..core.walk import walk
+from ..recurrent.frames import frame_layout, trace_time_axis
 
 CNN_METHODS = ("eb", "ceb", "grad", "grad_x_input")
 
 
 @dataclass(frozen=True)
 class _Walk:
-    """The nodes of one explanation: from ``logits`` down to ``layer``; for ``ceb`` the classifier and its signal
-    input, the nodes above that input (walked twice: the target and the dual unit) and the rest below it."""
+    """The nodes of one explanation: from ``logits`` down to ``layer``; for ``ceb`` the nodes the dual unit negates
+    (the classifier, or one copy per step, and the nodes sharing their weights), their signal inputs, the nodes
+    above those inputs (walked twice: the target and the dual unit) and the rest below them."""
 
     logits: str
     layer: str
     nodes: list[Node]
     reach: set[str]
-    classifier: Node | None = None
-    classifier_input: str = ""
+    negated: frozenset[str] = frozenset()
+    classifier_inputs: tuple[str, ...] = ()
     top: tuple[Node, ...] = ()
     rest: tuple[Node, ...] = ()
 
@@ -41,6 +43,7 @@ class CnnMethod:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._channels: dict[tuple[str, tuple[int, ...]], int] = {}
 
     def explain(self, request: ExplainRequest) -> ExplainResult:
         engine = self.engine
@@ -81,10 +84,27 @@ class CnnMethod:
         reach = graph.signal_tensors([layer])
         if request.method != "ceb":
             return _Walk(logits, layer, nodes, reach)
-        cls = find_classifier(graph, engine.signal, logits, request.classifier)
-        cls_input = next(t for t in cls.inputs if t in engine.signal)
-        top = graph.nodes_between([cls_input], [logits])
-        return _Walk(logits, layer, nodes, reach, cls, cls_input, tuple(top), tuple(n for n in nodes if n not in top))
+        negated = dual_nodes(graph, engine.signal, logits, request.classifier)
+        inputs = tuple(dict.fromkeys(next(t for t in graph.node_by_name[name].inputs if t in engine.signal)
+                                     for name in sorted(negated) if name in {n.name for n in nodes}))
+        top = graph.nodes_between(list(inputs), [logits])
+        return _Walk(logits, layer, nodes, reach, negated, inputs, tuple(top), tuple(n for n in nodes if n not in top))
+
+    def _maps(self, signal: np.ndarray, layer: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The signal summed over the layer's channel axis — the one the graph feeds to a Conv as channels, so
+        channels-last layers are summed right (axis 1 where none can be told); 2-D signals as they are."""
+        if signal.ndim < 3:
+            return signal
+        shape = tuple(np.shape(feeds[self.engine.input_name]))
+        key = (layer, shape)
+        if key not in self._channels:
+            try:
+                axis = frame_layout(self.engine.graph, self.engine.input_name, layer, time_axis=0, input_shape=shape,
+                                    batch_axis=None).channel_axis
+            except EbrError:
+                axis = None
+            self._channels[key] = 1 if axis is None or axis == 0 else axis
+        return signal.sum(axis=self._channels[key])
 
     def _chunk(self, request: ExplainRequest, plan: _Walk, feeds: dict[str, np.ndarray], target: Target,
                prior: np.ndarray | None) -> ExplainResult:
@@ -94,31 +114,51 @@ class CnnMethod:
         values = engine.runner.run(feeds, engine.capture_plan(plan.nodes, mode, shapes, extra))
         out = values[plan.logits]
         n = out.shape[0]
-        targets = target_classes(engine.labels, target, cnn_scores(out))
-        top = cnn_prior(out, targets, prior, engine.dtype)
+        axis = _class_axis(engine, plan.logits, request.classifier, shapes)
+        targets = target_classes(engine.labels, target, cnn_scores(out, axis))
+        top = cnn_prior(out, targets, prior, engine.dtype, axis)
         ctx = engine.context(mode, values, shapes, owns_values=True)
         xp = engine.xp
         seeds = {plan.logits: xp.asarray(top)}
-        if plan.classifier is None:
+        if not plan.negated:
             signal = walk(ctx, plan.nodes, seeds, keep={layer}, reach=plan.reach, release=True).get(layer)
         else:
-            cls_input = plan.classifier_input
-            pos = walk(ctx, list(plan.top), seeds, keep={cls_input}).get(cls_input)
-            dual_ctx = engine.context(mode, values, shapes, negated=frozenset({plan.classifier.name}))
-            neg = walk(dual_ctx, list(plan.top), seeds, keep={cls_input}).get(cls_input)
+            inputs = set(plan.classifier_inputs)
+            pos = walk(ctx, list(plan.top), seeds, keep=inputs)
+            dual_ctx = engine.context(mode, values, shapes, negated=plan.negated)
+            neg = walk(dual_ctx, list(plan.top), seeds, keep=inputs)
             ctx.warnings.extend(w for w in dual_ctx.warnings if w not in ctx.warnings)
-            start = _difference(xp, pos, neg, ctx.shape(cls_input), engine.dtype)
-            signal = start if cls_input == layer else walk(
-                ctx, list(plan.rest), {cls_input: start}, keep={layer}, reach=plan.reach, release=True).get(layer)
+            starts = {t: _difference(xp, pos.get(t), neg.get(t), ctx.shape(t), engine.dtype) for t in inputs}
+            signal = starts[layer] if layer in starts else walk(
+                ctx, list(plan.rest), starts, keep={layer}, reach=plan.reach, release=True).get(layer)
         signal = to_numpy(signal) if signal is not None else np.zeros(ctx.shape(layer), engine.dtype)
         if request.method == "grad_x_input":
             signal = signal * np.asarray(values[layer] if layer in values else feeds[layer], engine.dtype)
         check_finite(signal, request.method, layer)
         return ExplainResult(
-            maps=channel_sum(signal), signal=signal, method=request.method, layer=layer, target=targets, output=out,
+            maps=self._maps(signal, layer, feeds), signal=signal, method=request.method, layer=layer, target=targets,
+            output=out,
             mass=Mass(top=top.reshape(n, -1).sum(axis=1), layer=signal.reshape(n, -1).sum(axis=1)),
             info=ExplainInfo(logits=plan.logits), warnings=ctx.warnings,
         )
+
+
+def _class_axis(engine: Engine, logits: str, classifier: str | None, shapes: dict[str, tuple[int, ...]]
+                ) -> int | None:
+    """The logits' class axis, traced from the classifier's (a Conv's channels, a Gemm's or MatMul's last axis)
+    through the layout ops above it (a channels-last segmenter's Transpose); None where no classifier is found or the
+    trace stops (then :func:`~ebr_onnx.core.targets.class_axis` decides by rank)."""
+    graph = engine.graph
+    try:
+        node = find_classifier(graph, engine.signal, logits, classifier)
+    except EbrError:
+        return None
+    out = node.outputs[0]
+    rank = len(shapes.get(out, ()))
+    if not rank or logits not in shapes:
+        return None
+    axis = trace_time_axis(graph, shapes, out, 1 if node.op_type == "Conv" else rank - 1, logits)
+    return axis if isinstance(axis, int) else None
 
 
 def _difference(xp: Any, pos: Any, neg: Any, shape: tuple[int, ...], dtype: Any) -> Any:

@@ -4,17 +4,21 @@ the fused ``LSTM``/``GRU`` ops in :mod:`ebr_onnx.rules.recurrent`.
 ``"caffe"`` (the release, ``shared/spec/caffe-reference.md`` §3.2–3.4): every node of the unit uses its gradient (the
 Mul product rule, σ', the ReLU mask, the sums' copies, routing), except the gate sums, which send the whole signal to
 their input operand and nothing to the recurrent one (the Eltwise SUM of spec §2.5); the x projections keep their EB
-rule (Eq. 8, Z over x only, no bias). Time is crossed only through ``c`` (LSTM) or the direct ``z ⊙ h_{t−1}`` path
-(GRU; the reset gate, which acts on the recurrent operand only, gets nothing).
+rule (Eq. 8, Z over x only, no bias). A stacked projection ``[x_t, h_{t−1}]·[W; R]`` does both at once: Eq. 8 with
+the ``h_{t−1}`` block of its input read as 0. Time is crossed only through ``c`` (LSTM; peepholes are part of the
+unit, so their gradient reaches ``c``, as the fused op's) or the direct ``z ⊙ h_{t−1}`` path (GRU; the reset gate,
+which acts on the recurrent operand only, gets nothing).
 
 ``"excitation"`` (paper Eqs. 1–4 read literally, mass-conserving): gates are constant weights, so ``Mul(gate, v)``
 gives ``v`` the whole signal and the gate none; a state sum splits in proportion to its terms (``f ⊙ c_{t−1}`` and
 ``i ⊙ g``; ``z ⊙ h_{t−1}`` and ``(1 − z) ⊙ h̃``); the activations of ``g``, ``c`` and ``h̃`` pass the signal through;
 a gate sum that receives signal splits it in proportion to each operand's positive contribution ``Z⁺ = f(x, W⁺)``
 (biases excluded; times ``r`` through the GRU's reset product), so that with the projections' own Eq. 8 below,
-``x_t`` and ``h_{t−1}`` share one normaliser ``Z_x⁺ + Z_h⁺``. Where a projection's input has negative entries (tanh
-units, outside assumption A1) both sides use the positive-contribution form of the shared Eq. 8 kernel, which the
-fused ops do not.
+``x_t`` and ``h_{t−1}`` share one normaliser ``Z_x⁺ + Z_h⁺`` (``Z_h⁺`` counted where ``h_{t−1}`` carries no signal,
+a state input, as the fused ops count ``initial_h``); a stacked projection ``[x_t, h_{t−1}]·[W; R]`` is that
+normaliser already and keeps its own Eq. 8. The gates take no signal, so neither do their peepholes. Where a
+projection's input has negative entries (tanh units, outside assumption A1) both sides use the positive-contribution
+form of the shared Eq. 8 kernel, which the fused ops do not.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.graph import ModelGraph, Node
 from ..core.numeric import safe_divide, unbroadcast
-from ..passes.cells import AnyCell, Cell, GateSum, GruCell
+from ..passes.cells import AnyCell, AnyGateSum, Cell, GateSum, GruCell, StackedGateSum
 from ..rules.routing import slices
 
 RuleFn = registry.RuleFn
@@ -33,10 +37,12 @@ NeedsFn = Callable[[Node], "list[str] | None"]
 _CACHE_PREFIX = "cell_rules.Z:"
 
 
-def _gradient(node: Node) -> registry.RuleSpec:
-    spec = registry.find_rule(node.op_type, "grad")
+def _registry_rule(node: Node, mode: str) -> registry.RuleSpec:
+    """The registry's rule of ``node`` in ``mode`` (``"grad"``: its gradient, ``"eb"``: its Eq. 8)."""
+    spec = registry.find_rule(node.op_type, mode)
     if spec is None:
-        raise EbrError(f"node {node.name!r} ({node.op_type}) inside a recurrent cell has no gradient rule")
+        what = "gradient" if mode == "grad" else "EB"
+        raise EbrError(f"node {node.name!r} ({node.op_type}) inside a recurrent cell has no {what} rule")
     return spec
 
 
@@ -47,7 +53,7 @@ def _per_input(ctx: RuleContext, node: Node, given: dict[str, Any]) -> list[Any]
 # -- rules ----------------------------------------------------------------------------------------------------------
 def _gradient_rule(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """The exact derivative of the op (the release's LSTMUnit backward, spec §3.2)."""
-    return _gradient(node).fn(node, ctx, signals)
+    return _registry_rule(node, "grad").fn(node, ctx, signals)
 
 
 def _to_operand(keep: str) -> RuleFn:
@@ -185,13 +191,50 @@ def _z_split(graph: ModelGraph, gate_sum: GateSum) -> tuple[RuleFn, list[str]]:
                                                           gate_sum.recurrent_operand, gate_sum.recurrent_path)
 
     def rule(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
-        """Gate sum: ``p_k = p ⊙ Z_k⁺ ⊘₀ (Z_x⁺ + Z_h⁺)`` (one Eq. 8 normaliser over x_t and h_{t−1})."""
+        """Gate sum: ``p_k = p ⊙ Z_k⁺ ⊘₀ (Z_x⁺ + Z_h⁺)`` (one Eq. 8 normaliser over x_t and h_{t−1}; an operand that
+        carries no signal counts in it and gets nothing)."""
         xp, p = ctx.xp, signals[0]
-        z = {t: part(ctx) for t, part in parts.items() if ctx.is_signal(t)}
+        z = {t: part(ctx) for t, part in parts.items()}
         q = safe_divide(xp, p, sum(z.values()) + xp.zeros_like(p))
-        return _per_input(ctx, node, {t: v * q for t, v in z.items()})
+        return _per_input(ctx, node, {t: v * q for t, v in z.items() if ctx.is_signal(t)})
 
     return rule, [t for part in parts.values() for t in part.reads()]
+
+
+class _Reading:
+    """A view of the rule context in which one tensor reads as another array."""
+
+    def __init__(self, ctx: RuleContext, name: str, value: Any) -> None:
+        self._ctx, self._name, self._value = ctx, name, value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def value(self, name: str) -> Any:
+        return self._value if name == self._name else self._ctx.value(name)
+
+
+def _without_block(ctx: RuleContext, concat: Node, operand: str) -> Any:
+    """The value of ``concat``'s output with the block of its input ``operand`` set to 0."""
+    out = ctx.xp.array(ctx.value(concat.outputs[0]), copy=True)
+    axis = int(concat.attr("axis")) % out.ndim
+    start = sum(ctx.shape(t)[axis] for t in concat.inputs[:list(concat.inputs).index(operand)])
+    index = [slice(None)] * out.ndim
+    index[axis] = slice(start, start + ctx.shape(operand)[axis])
+    out[tuple(index)] = 0
+    return out
+
+
+def _x_block(gate_sum: StackedGateSum) -> RuleFn:
+    def rule(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+        """A stacked projection ``[x_t, h_{t−1}]·[W; R]`` under the release's rules: the projection's own Eq. 8 with
+        the ``h_{t−1}`` block of its input read as 0, so ``Z = W⁺x_t`` and ``h_{t−1}`` gets nothing (the x projection
+        of spec §3.3 and the Eltwise SUM's cut of ``R h_{t−1}``, §2.5)."""
+        concat = ctx.graph.node_by_name[gate_sum.concat]
+        masked = _without_block(ctx, concat, gate_sum.recurrent_operand)
+        return _registry_rule(node, "eb").fn(node, _Reading(ctx, concat.outputs[0], masked), signals)
+
+    return rule
 
 
 # -- the composite --------------------------------------------------------------------------------------------------
@@ -206,22 +249,27 @@ def _inputs(node: Node) -> list[str]:
     return list(node.inputs)
 
 
-def _caffe(graph: ModelGraph, unit: Sequence[str], sums: Sequence[GateSum], table: _Table) -> None:
+def _caffe(graph: ModelGraph, unit: Sequence[str], sums: Sequence[AnyGateSum], table: _Table) -> None:
     for name in unit:
-        spec = _gradient(graph.node_by_name[name])
+        spec = _registry_rule(graph.node_by_name[name], "grad")
         table[name] = (_gradient_rule, lambda n, spec=spec: list(spec.needs(n)))
     for s in sums:
-        table[s.name] = (_to_operand(s.input_operand), _nothing)
+        if isinstance(s, StackedGateSum):  # reads its input, and the Concat's inputs for their shapes
+            blocks = list(graph.node_by_name[s.concat].inputs)
+            table[s.name] = (_x_block(s), lambda n, blocks=blocks: list(n.inputs) + blocks)
+        else:
+            table[s.name] = (_to_operand(s.input_operand), _nothing)
 
 
 def _other(graph: ModelGraph, mul: str, gate: str) -> str:
-    """The operand of ``mul`` that is not the output of node ``gate``."""
+    """The operand of ``mul`` that is not the gate tensor ``gate``."""
     inputs = graph.node_by_name[mul].inputs
-    out = graph.node_by_name[gate].outputs[0]
-    return inputs[1] if inputs[0] == out else inputs[0]
+    return inputs[1] if inputs[0] == gate else inputs[0]
 
 
-def _split_at(graph: ModelGraph, gate_sum: GateSum, table: _Table) -> None:
+def _split_at(graph: ModelGraph, gate_sum: AnyGateSum, table: _Table) -> None:
+    if isinstance(gate_sum, StackedGateSum):
+        return  # the stacked projection's own Eq. 8 has the shared normaliser Z_x⁺ + Z_h⁺
     rule, reads = _z_split(graph, gate_sum)
     table[gate_sum.name] = (rule, lambda n, reads=reads: list(reads))
 
@@ -237,19 +285,18 @@ def _lstm_excitation(graph: ModelGraph, cell: Cell, table: _Table) -> None:
 
 
 def _gru_excitation(graph: ModelGraph, cell: GruCell, table: _Table) -> None:
-    z, candidate = cell.gates["z"], graph.node_by_name[cell.gates["h"]].outputs[0]
-    z_out = graph.node_by_name[z].outputs[0]
+    z, candidate = cell.update, graph.node_by_name[cell.gates["h"]].outputs[0]
     if cell.form == "mix":
         table[cell.state["sum"]] = (_proportional, _inputs)
         table[cell.state["keep"]] = (_to_operand(_other(graph, cell.state["keep"], z)), _nothing)
         table[cell.state["write"]] = (_to_operand(candidate), _nothing)
     else:
-        needs = [z_out, cell.h_prev, candidate]
-        table[cell.state["sum"]] = (_interpolation(z_out, cell.h_prev, candidate), lambda n: list(needs))
+        needs = [z, cell.h_prev, candidate]
+        table[cell.state["sum"]] = (_interpolation(z, cell.h_prev, candidate), lambda n: list(needs))
         table[cell.state["product"]] = (_to_operand(_other(graph, cell.state["product"], z)), _nothing)
         table[cell.state["difference"]] = (_to_operand(cell.h_prev), _nothing)
     table[cell.gates["h"]] = (_pass_through, _nothing)
-    table[cell.reset_product] = (_to_operand(_other(graph, cell.reset_product, cell.gates["r"])), _nothing)
+    table[cell.reset_product] = (_to_operand(_other(graph, cell.reset_product, cell.reset)), _nothing)
     _split_at(graph, cell.sums["h"], table)
 
 

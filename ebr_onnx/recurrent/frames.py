@@ -55,16 +55,24 @@ class FrameLayout:
     stacked: bool = False
     batch_axis: int | None = None
 
-    def maps(self, signal: np.ndarray) -> np.ndarray:
-        """The per-frame maps of one clip's ``signal`` at this layer (for copies: theirs stacked in time order on a
-        new leading axis): frames first, the channel axis summed and the batch axis (one clip) dropped."""
+    def maps(self, signal: np.ndarray, clips: int = 1) -> np.ndarray:
+        """The per-frame maps of the ``signal`` at this layer (for copies: theirs stacked in time order on a new
+        leading axis): frames first, the channel axis summed. The batch axis holds one clip (dropped) or ``clips``
+        clips, whose frames are then laid out clip by clip (entry ``n·T + t``, as a reshape of (N, T) stacks them)."""
         new = int(self.frame_axis is None)  # the copies' axes move up by the stacking axis
         frame = 0 if self.frame_axis is None else self.frame_axis
-        reduced = tuple(a + new for a in (self.channel_axis, self.batch_axis) if a is not None)
-        if any(a == frame for a in reduced):
+        batch = None if self.batch_axis is None else self.batch_axis + new
+        channel = None if self.channel_axis is None else self.channel_axis + new
+        if frame in (batch, channel):
             raise EbrError(f"the frames axis {frame} of a layer is also its channel or batch axis")
-        summed = signal.sum(axis=reduced) if reduced else signal
-        return np.moveaxis(summed, frame - sum(a < frame for a in reduced), 0)
+        lead = [frame] if batch is None else [batch, frame]
+        moved = np.moveaxis(signal, lead, list(range(len(lead))))
+        if channel is not None:
+            rest = [a for a in range(signal.ndim) if a not in lead]
+            moved = moved.sum(axis=len(lead) + rest.index(channel))
+        if batch is None:
+            return moved
+        return moved.reshape(-1, *moved.shape[2:]) if clips > 1 else moved.sum(axis=0)
 
 
 def frame_layout(graph: ModelGraph, input_name: str, layer: str | None = None, *, time_axis: int = 1,
@@ -122,6 +130,39 @@ def input_time_axis(graph: ModelGraph, input_name: str, frames: str, input_shape
         if src == frames and mapped == 0:
             return axis
     return None
+
+
+def spatial_time_axis(graph: ModelGraph, shapes: dict[str, tuple[int, ...]], boundary_name: str,
+                      recurrent: Sequence[Node], length: int | None, frames: int, input_name: str) -> int | None:
+    """Where the recurrence runs along a spatial axis of one image (a CRNN: the columns of a text line), the index
+    of that axis among the boundary's spatial axes (0: the first, e.g. height; 1: the next, e.g. width); None when
+    it runs over the frames. The boundary's axis is traced forward to the first recurrence's time axis; its
+    spatial axes are those that are neither the leading (image) axis nor the channel axis."""
+    boundary = shapes.get(boundary_name, ())
+    if length is None or length == frames or frames != 1 or len(boundary) < 3:
+        return None
+    channel = frame_layout(graph, input_name, boundary_name, time_axis=0, input_shape=shapes[input_name],
+                           batch_axis=None).channel_axis
+    spatial = [a for a in range(1, len(boundary)) if a != channel]
+    if recurrent:
+        first = recurrent[0]
+        wanted = 1 if first.attr("layout", 0) else 0
+        found = [a for a in spatial if trace_time_axis(graph, shapes, boundary_name, a, first.inputs[0]) == wanted]
+    else:
+        found = [a for a in spatial if boundary[a] == length]
+    if len(found) != 1:
+        raise EbrError(f"the recurrence has {length} steps over one input, but no single spatial axis of the boundary "
+                       f"{boundary_name!r} {boundary} holds them; name the boundary with boundary=…")
+    return spatial.index(found[0])
+
+
+def band_sums(maps: np.ndarray, spatial: int, bands: int) -> np.ndarray:
+    """The evidence per band of a map along its ``spatial`` axis: the axis cut into ``bands`` contiguous bands of
+    (nearly) equal width, the map summed over each (how a CRNN's steps cover an image's columns)."""
+    size = maps.shape[spatial]
+    edges = np.linspace(0, size, bands + 1).round().astype(int)
+    moved = np.moveaxis(maps, spatial, 0).reshape(size, -1).sum(axis=1)
+    return np.array([moved[a:b].sum() for a, b in zip(edges[:-1], edges[1:])], dtype=maps.dtype)
 
 
 #: What :func:`trace_time_axis` returns when the time axis cannot be followed to the end tensor.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,9 +38,10 @@ from ..core.targets import dual_nodes, logits_tensor
 from ..core.walk import walk
 from .cell_rules import cell_needs, cell_overrides
 from .cnn_pass import CnnPass
-from .frames import FrameLayout, UntracedLayer, frame_layout, input_time_axis
+from .frames import FrameLayout, UntracedLayer, band_sums, frame_layout, input_time_axis, spatial_time_axis
 from .plan import Plan, build_plan
-from .steps import time_axis, top_signal
+from .sequences import sequence_axis, sequence_frames, sequence_priors
+from .steps import recurrence_length, time_axis
 
 RECURRENT_METHODS = ("ebr", "cebr", "gradr")
 
@@ -83,17 +84,24 @@ class RecurrentMethod:
             # 1. the recurrent part, on the boundary values
             shapes = engine.shapes_for(feeds)
             overrides, needs = _cell_rules(graph, p, mode, options)
-            captures = engine.capture_plan(p.rnn_nodes, mode, shapes, [logits], needs)
+            # every tensor of the recurrent part is captured: their run-time shapes trace time (declared ones lie)
+            captures = sorted(set(engine.capture_plan(p.rnn_nodes, mode, shapes, [logits], needs))
+                              | {o for n in p.rnn_nodes for o in n.outputs if o})
             if p.rnn is None:
                 values = engine.runner.run(feeds, captures + [p.boundary])
             else:
                 bound = cnn.boundary_values()
                 values = {p.boundary: bound, **p.rnn.run({**feeds, p.boundary: bound}, captures)}
+            shapes = {**shapes, **{k: tuple(np.shape(v)) for k, v in values.items()}}
             out = np.asarray(values[logits])
             n_frames = cnn.count
-            axis = time_axis(graph, shapes, p, out, n_frames, request.time_axis)
-            top, k, steps = top_signal(engine.labels, out, axis, request.target, request.prior, request.time_step,
-                                       logits, engine.dtype)
+            length = recurrence_length(p, shapes)
+            axis = time_axis(graph, shapes, p, out, length or n_frames, request.time_axis)
+            seq_axis, count = sequence_axis(out, axis)
+            groups = [np.arange(n_frames)] if count == 1 else \
+                sequence_frames(engine, p, values[p.boundary], count, feeds)
+            top, classes, steps = sequence_priors(engine.labels, out, axis, seq_axis, request.target, request.prior,
+                                                  request.time_step, logits, engine.dtype)
 
             # 2. the RNN backward, the dual pass and the time normalisation
             warns: list[str] = []
@@ -106,30 +114,42 @@ class RecurrentMethod:
                 return np.zeros(ctx.shape(p.boundary), engine.dtype) if got is None else to_numpy(got)
 
             passes = Passes(pos=rnn_pass(frozenset()))
+            if passes.pos.shape[0] != n_frames:
+                raise EbrError(f"the boundary {p.boundary!r} has shape {passes.pos.shape}, whose leading axis is not "
+                               f"the {n_frames} frames; name the per-frame tensor with boundary=…")
             if method == "gradr":
                 start = passes.pos
             else:
-                start, warning = _normalised(passes.pos, "", p.boundary)
-                warns.extend([warning] if warning else [])
+                start = _normalised(passes.pos, groups, "", p.boundary, warns)
                 if method == "cebr":
                     passes = replace(passes, neg=rnn_pass(dual_nodes(graph, engine.signal, logits,
                                                                      request.classifier)))
-                    dual, warning = _normalised(passes.neg, " of the dual unit", p.boundary)
-                    warns.extend([warning] if warning else [])
-                    start = start - dual
-            if start.shape[0] != n_frames:
-                raise EbrError(f"the boundary {p.boundary!r} has shape {start.shape}, whose leading axis is not the "
-                               f"{n_frames} frames; name the per-frame tensor with boundary=…")
+                    start = start - _normalised(passes.neg, groups, " of the dual unit", p.boundary, warns)
 
             # 3. the CNN backward, chunk by chunk
             signal = cnn.backward(start)
             warns.extend(cnn.warnings)
         check_finite(signal, method, layer_t)
-        maps = layout.maps(signal)
-        temporal = maps.reshape(n_frames, -1).sum(axis=1)
+        all_maps = layout.maps(signal, len(groups))
+        spatial = spatial_time_axis(graph, shapes, p.boundary, p.recurrent, length, len(groups[0]),
+                                    engine.input_name)
+        maps, temporal, boundary_mass = [], [], []
+        for frames_of in groups:
+            if spatial is None:
+                maps.append(all_maps[frames_of])
+                temporal.append(maps[-1].reshape(len(frames_of), -1).sum(axis=1))
+                boundary_mass.append(start[frames_of].reshape(len(frames_of), -1).sum(axis=1))
+            else:  # one image whose recurrence runs along a spatial axis (a CRNN): its map, evidence per band
+                maps.append(all_maps[frames_of[0]])
+                temporal.append(band_sums(maps[-1], spatial, length))
+                boundary_mass.append(np.moveaxis(start[frames_of[0]], spatial, 0).reshape(length, -1).sum(axis=1))
+        one = len(groups) == 1
+        maps, temporal, boundary_mass = ((x[0] if one else np.stack(x)) for x in (maps, temporal, boundary_mass))
         return ExplainResult(
-            maps=maps, signal=signal, method=method, layer=layer_t, target=[k], output=out, temporal=temporal,
-            mass=Mass(top=np.array([top.sum()]), layer=temporal, boundary=start.reshape(n_frames, -1).sum(axis=1)),
+            maps=maps, signal=signal, method=method, layer=layer_t, target=classes, output=out, temporal=temporal,
+            mass=Mass(top=top.reshape(len(groups), -1).sum(axis=1) if seq_axis is None else
+                      np.moveaxis(top, seq_axis, 0).reshape(len(groups), -1).sum(axis=1),
+                      layer=temporal, boundary=boundary_mass),
             info=ExplainInfo(logits=logits, boundary=p.boundary, frames=p.frames, time_axis=axis, time_steps=steps,
                              recurrent_rules=options.recurrent_rules if mode == "eb" else None,
                              boundary_signal=start, passes=passes, layer_tensors=layout.tensors),
@@ -162,13 +182,21 @@ def _cell_rules(graph: ModelGraph, p: Plan, mode: str, options: RuleOptions
     return cell_overrides(graph, p.cells, options.recurrent_rules), cell_needs(graph, p.cells, options.recurrent_rules)
 
 
-def _normalised(signal: np.ndarray, which: str, boundary: str) -> tuple[np.ndarray, str | None]:
-    """Eq. 5/6: ``P / ΣP`` over all frames and units; a zero total gives zeros and a warning (returned, and issued
-    as a RuntimeWarning)."""
-    total = float(signal.sum(dtype=np.float64))
-    if total == 0.0:
-        message = (f"[zero-total] the EB-R pass{which} delivers no signal at the boundary {boundary!r} (total 0: no "
-                   "positive classifier weight meets an active unit); its normalised map is set to 0")
-        warnings.warn(message, RuntimeWarning, stacklevel=4)  # at the caller of Explainer.explain
-        return np.zeros_like(signal), message
-    return signal / np.asarray(total, signal.dtype), None
+def _normalised(signal: np.ndarray, groups: Sequence[np.ndarray], which: str, boundary: str,
+                warns: list[str]) -> np.ndarray:
+    """Eq. 5/6 for each sequence: ``P / ΣP`` over its frames and all units; a zero total gives zeros and a warning
+    (added to ``warns`` and issued as a RuntimeWarning)."""
+    out = np.zeros_like(signal)
+    for n, frames in enumerate(groups):
+        part = signal[frames]
+        total = float(part.sum(dtype=np.float64))
+        if total == 0.0:
+            which_sequence = f" (sequence {n})" if len(groups) > 1 else ""
+            message = (f"[zero-total] the EB-R pass{which}{which_sequence} delivers no signal at the boundary "
+                       f"{boundary!r} (total 0: no positive classifier weight meets an active unit); its normalised "
+                       "map is set to 0")
+            warnings.warn(message, RuntimeWarning, stacklevel=4)  # at the caller of Explainer.explain
+            warns.append(message)
+            continue
+        out[frames] = part / np.asarray(total, signal.dtype)
+    return out

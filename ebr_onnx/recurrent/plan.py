@@ -85,6 +85,8 @@ class Plan:
     cnn: SubModel | None
     rnn: SubModel | None
     to_frames: SubModel | None
+    #: The layout part from the boundary to the recurrence's inputs (made when several sequences are explained).
+    codes: SubModel | None = None
 
 
 def build_plan(engine: Engine, logits: str, boundary: str | None) -> Plan:
@@ -93,7 +95,7 @@ def build_plan(engine: Engine, logits: str, boundary: str | None) -> Plan:
     graph = engine.graph
     path = graph.nodes_between([engine.input_name], [logits])
     recurrent = [n for n in path if n.op_type in RECURRENT_OPS]
-    cells = find_cells(graph)
+    cells = find_cells(graph, [engine.input_name])
     if boundary is not None:
         bound = graph.resolve_tensor(boundary, "boundary")
     elif recurrent or cells:

@@ -1,6 +1,7 @@
-"""Rules of the elementwise ops outside recurrent cells: Add/Sum/Sub/Mul/Div, BatchNormalization, LRN,
-Softmax/LogSoftmax and the smooth activations (Sigmoid, Tanh, Elu, Selu, Softplus, Softsign, Gelu, HardSigmoid,
-HardSwish, Erf). Inside a recognised recurrent cell the recurrent rule set overrides these through ``ctx.overrides``.
+"""Rules of the elementwise ops outside recurrent cells: Add/Sum/Sub/Mul/Div, Max/Min, Where, BatchNormalization,
+LRN, Softmax/LogSoftmax and the smooth activations (Sigmoid, Tanh, Elu, Selu, Softplus, Softsign, Gelu, HardSigmoid,
+HardSwish, Erf, Mish). Inside a recognised recurrent cell the recurrent rule set overrides these through
+``ctx.overrides``.
 
 EB choices (gradient mode is always the exact derivative):
 
@@ -13,8 +14,19 @@ EB choices (gradient mode is always the exact derivative):
 * Mul/Div by a non-signal factor c: single-parent Eq. 8 through :func:`~ebr_onnx.rules.linear.excitation`,
   ``p' = x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (p where c > 0 and x ≠ 0; the positive-contribution rule for negative x).
   Div(a, b) with a signal numerator is Mul(a, 1/b); the denominator is a normaliser and takes none.
-* Mul of two signal tensors (a gate such as SiLU's ``x·σ(x)``): each operand gets half of the signal, which conserves
-  mass when both lead back to the same unit; a warning names the first such node.
+* Mul of two signal tensors where one is a gate's output (:func:`is_gate`: a Sigmoid or HardSigmoid,
+  :data:`~ebr_onnx.core.ops.GATE_OPS`, or a hard sigmoid written out as a Clip to ``[0, b]``, possibly scaled by
+  constants and through layout ops): the gate is a weight, ``y = g ⊙ x``, and the gated operand takes the whole
+  signal, ``p_x = p``, ``p_g = 0`` (as the recurrent rules treat an LSTM's gates). This covers SiLU/Swish ``x·σ(βx)``,
+  HardSwish written out (``x·hardσ(x)``, Keras' ``x·relu6(x + 3)/6``) and squeeze-excitation ``x ⊙ σ(fc(pool(x)))``.
+  Where neither operand (or both) is a gate, each gets half of the signal, ``p_a = p_b = p/2``, which conserves mass
+  when both lead back to the same unit; a warning names the first such node.
+* Max/Min (variadic, broadcasting): the signal goes to the winning operand, identical in both modes (the gradient);
+  operands tied for the extreme share it equally, ``p_k = p ⊙ [x_k = y] ⊘ #{j: x_j = y}`` (torch.maximum's gradient,
+  and the central difference at a two-way tie). A constant operand that wins takes its share out of the walk, as
+  ReLU's mask does (``Max(x, 0)`` is a ReLU).
+* Where(c, a, b): routing by the boolean condition, ``p_a = p ⊙ c``, ``p_b = p ⊙ ¬c`` (summed over broadcast axes),
+  identical in both modes; the condition takes none, whether constant or computed from the signal (``x > 0``).
 * BatchNormalization and LRN: identity copies of the signal, as the release (spec §2.4).
 * Softmax/LogSoftmax, the smooth activations and a signal-only denominator: identity (the activation is treated as a
   monotone relabelling of its input, so the EB rule of the linear layer below distributes by the activation it sees),
@@ -25,11 +37,14 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..core.activations import ACTIVATIONS, OP_ACTIVATIONS
 from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.graph import Node
 from ..core.numeric import safe_divide, unbroadcast
+from ..core.ops import GATE_OPS, LAYOUT_OPS
 from ..core.registry import needs_input, needs_inputs, needs_nothing, needs_output, rule
 from .linear import excitation
 
@@ -43,7 +58,8 @@ def _signal_mask(ctx: RuleContext, node: Node) -> list[bool]:
     return [ctx.is_signal(t) for t in node.inputs]
 
 
-def _pass_through_warning(ctx: RuleContext, node: Node) -> None:
+def warn_pass_through(ctx: RuleContext, node: Node) -> None:
+    """The warning of an op whose EB rule passes the signal through unchanged (smooth activations, unary math)."""
     ctx.warn_once(
         "non-relu-activation",
         f"node {node.name!r} ({node.op_type}) is not a ReLU-family activation; EB passes its signal through "
@@ -95,24 +111,61 @@ def sub_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
 
 
 # -- Mul / Div ----------------------------------------------------------------------------------------------------
-def _scaled(ctx: RuleContext, node: Node, x: Any, p: Any, factor: Any) -> Any:
-    """Single-parent Eq. 8 of ``y = c ⊙ x``: ``x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (the shared EB identity of linear.py)."""
+def factor_excitation(ctx: RuleContext, node: Node, x: Any, p: Any, factor: Any) -> Any:
+    """Single-parent Eq. 8 of ``y = c ⊙ x``: ``x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (the shared EB identity of linear.py; where
+    ``x < 0`` its positive-contribution form, ``x⁻ ⊙ c⁻ ⊘₀ (c⁻ x⁻) ⊙ p``)."""
     return excitation(ctx, node, x, p, factor, lambda v, k: v * k, lambda q, k: q * k)
+
+
+def is_gate(ctx: RuleContext, name: str) -> bool:
+    """Whether ``name`` is a gate's output: a Sigmoid or HardSigmoid (:data:`~ebr_onnx.core.ops.GATE_OPS`) or a hard
+    sigmoid written out (a Clip to ``[0, b]``, b finite), through layout ops and Mul/Div by constants."""
+    while True:
+        node = ctx.graph.producer.get(ctx.graph.trace_down(name, LAYOUT_OPS))
+        if node is None:
+            return False
+        if node.op_type in GATE_OPS:
+            return True
+        if node.op_type == "Clip":
+            return _clips_to_a_range_from_zero(ctx, node)
+        if node.op_type not in ("Mul", "Div") or sum(_signal_mask(ctx, node)) != 1 or \
+                (node.op_type == "Div" and not ctx.is_signal(node.inputs[0])):
+            return False
+        name = next(t for t in node.inputs if ctx.is_signal(t))
+
+
+def _clips_to_a_range_from_zero(ctx: RuleContext, node: Node) -> bool:
+    """Whether a Clip's bounds are constants ``0`` and a finite ``b`` (attributes before opset 11, inputs after)."""
+    bounds = []
+    for index, attr, unbounded in ((1, "min", -np.inf), (2, "max", np.inf)):
+        name = node.inputs[index] if len(node.inputs) > index else ""
+        if name and not ctx.graph.is_constant(name):
+            return False
+        value = np.ravel(ctx.graph.constant(name) if name else node.attr(attr, unbounded))
+        if value.size != 1:
+            return False
+        bounds.append(float(value[0]))
+    return bounds[0] == 0.0 and math.isfinite(bounds[1])
 
 
 @rule("Mul", modes=("eb",), needs=needs_inputs)
 def mul_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
-    """``y = c ⊙ x``: ``p' = x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (Eq. 8, one parent); two signal operands: ``p/2`` each."""
+    """``y = c ⊙ x``: ``p' = x ⊙ c⁺ ⊘₀ (c⁺ x) ⊙ p`` (Eq. 8, one parent); two signal operands, one a gate ``g``:
+    ``p_x = p``, ``p_g = 0``; two signal operands otherwise: ``p/2`` each."""
     p, mask = signals[0], _signal_mask(ctx, node)
     if all(mask):
+        gates = [is_gate(ctx, t) for t in node.inputs]
+        if sum(gates) == 1:
+            return _to_inputs(ctx, node, [None if g else p for g in gates])
         ctx.warn_once(
             "signal-product",
-            f"node {node.name!r} (Mul) multiplies two signal tensors (a gate); EB gives each operand half the signal",
+            f"node {node.name!r} (Mul) multiplies two signal tensors, not one of them a gate (Sigmoid, HardSigmoid, "
+            "a Clip to [0, b]); EB gives each operand half the signal",
         )
         return _to_inputs(ctx, node, [p / 2, p / 2])
     k = mask.index(True)
     x, c = ctx.value(node.inputs[k]), ctx.value(node.inputs[1 - k])
-    return _to_inputs(ctx, node, [_scaled(ctx, node, x, p, c) if m else None for m in mask])
+    return _to_inputs(ctx, node, [factor_excitation(ctx, node, x, p, c) if m else None for m in mask])
 
 
 @rule("Mul", modes=("grad",), needs=needs_inputs)
@@ -129,10 +182,10 @@ def div_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     unless it is the only signal operand, which then gets ``p`` (identity, with a warning)."""
     p = signals[0]
     if not ctx.is_signal(node.inputs[0]):
-        _pass_through_warning(ctx, node)
+        warn_pass_through(ctx, node)
         return _to_inputs(ctx, node, [None, p])
     a, b = (ctx.value(t) for t in node.inputs)
-    return _to_inputs(ctx, node, [_scaled(ctx, node, a, p, 1 / b), None])
+    return _to_inputs(ctx, node, [factor_excitation(ctx, node, a, p, 1 / b), None])
 
 
 @rule("Div", modes=("grad",), needs=needs_inputs)
@@ -141,6 +194,39 @@ def div_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     p, (ma, mb) = signals[0], _signal_mask(ctx, node)
     a, b = (ctx.value(t) for t in node.inputs)
     return _to_inputs(ctx, node, [p / b if ma else None, -p * a / (b * b) if mb else None])
+
+
+# -- Max / Min / Where --------------------------------------------------------------------------------------------
+@rule(["Max", "Min"], needs=needs_inputs)
+def max_min(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """``p_k = p ⊙ [x_k = y] ⊘ #{j: x_j = y}`` with ``y`` the elementwise max (min): the winner takes the signal,
+    tied operands share it equally (both modes; summed over broadcast axes)."""
+    xp, p = ctx.xp, signals[0]
+    values = [ctx.value(t) for t in node.inputs]
+    extreme = xp.maximum if node.op_type == "Max" else xp.minimum
+    y = values[0]
+    for v in values[1:]:
+        y = extreme(y, v)
+    wins = [xp.equal(v, y) for v in values]
+    count = wins[0].astype(p.dtype)
+    for w in wins[1:]:
+        count = count + w
+    share = p / count
+    return _to_inputs(ctx, node, [xp.where(w, share, 0) if m else None
+                                  for w, m in zip(wins, _signal_mask(ctx, node))])
+
+
+def _condition(node: Node) -> list[str]:
+    return [node.inputs[0]]
+
+
+@rule("Where", needs=_condition)
+def where(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """``p_a = p ⊙ c``, ``p_b = p ⊙ ¬c`` (both modes; summed over broadcast axes); the condition takes none."""
+    xp, p = ctx.xp, signals[0]
+    c = ctx.value(node.inputs[0])
+    _, ma, mb = _signal_mask(ctx, node)
+    return _to_inputs(ctx, node, [None, xp.where(c, p, 0) if ma else None, xp.where(c, 0, p) if mb else None])
 
 
 # -- normalisations -----------------------------------------------------------------------------------------------
@@ -189,10 +275,10 @@ def lrn_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
 
 # -- softmax and smooth activations -------------------------------------------------------------------------------
 @rule(["Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "HardSigmoid",
-       "HardSwish", "Erf"], modes=("eb",), needs=needs_nothing)
+       "HardSwish", "Erf", "Mish"], modes=("eb",), needs=needs_nothing)
 def smooth_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p`` (identity; see the module docstring), with a warning naming the first such node."""
-    _pass_through_warning(ctx, node)
+    warn_pass_through(ctx, node)
     return [signals[0]]
 
 

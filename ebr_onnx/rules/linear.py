@@ -1,4 +1,4 @@
-"""Rules of the linear ops: Conv, Gemm, MatMul with a constant operand.
+"""Rules of the linear ops: Conv, ConvTranspose, Gemm, MatMul and Einsum with a constant operand.
 
 Every linear op ``y = f(x, W) + b`` uses one identity (paper Eq. 8, ``shared/spec/caffe-reference.md`` §2.1)::
 
@@ -15,6 +15,7 @@ outputs), the *positive-contribution* rule is used: ``Z = f(x⁺, W⁺) + f(x⁻
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..core.geometry import ConvGeometry, weight_part
 from ..core.graph import Node
 from ..core.kernels import OrtConv
 from ..core.numeric import safe_divide, unbroadcast
+from ..core.ops import GATE_OPS, LAYOUT_OPS
 from ..core.registry import needs_inputs, rule
 
 Linear = Callable[[Any, Any], Any]
@@ -86,7 +88,8 @@ def excite(ctx: RuleContext, node: Node, x: Any, p: Any, op) -> Any:
         return x_pos * pos + x_neg * neg
     total = None
     for block, p_b in op.blocks(p):
-        total = _accumulate(total, block.transpose(safe_divide(xp, p_b, block.forward(x, "pos"), overwrite=True), "pos"))
+        q = safe_divide(xp, p_b, block.forward(x, "pos"), overwrite=True)
+        total = _accumulate(total, block.transpose(q, "pos"))
     return _scaled(xp, total, x)
 
 
@@ -216,34 +219,59 @@ rule("Conv", modes=("grad",), needs=_conv_needs)(conv)
 # -- Gemm / MatMul ----------------------------------------------------------------------------------------------------
 def _matmul_operand_rule(ctx: RuleContext, node: Node, p: Any, a_name: str, b_name: str, scale: float
                          ) -> tuple[Any, Any]:
-    """EB/gradient of ``y = scale · a @ b`` where exactly one of ``a`` and ``b`` carries signal.
+    """EB/gradient of ``y = scale · a @ b``.
 
-    Returns the signals of (a, b). With ``a`` the signal: ``f(a, W) = a @ W``, ``fᵀ(q, W) = q @ Wᵀ``;
-    with ``b`` the signal: ``f(b, W) = W @ b``, ``fᵀ(q, W) = Wᵀ @ q`` (both with W = scale · the constant operand).
+    One signal operand: Eq. 8 with W = scale · the other (constant) operand. With ``a`` the signal:
+    ``f(a, W) = a @ W``, ``fᵀ(q, W) = q @ Wᵀ``; with ``b`` the signal: ``f(b, W) = W @ b``, ``fᵀ(q, W) = Wᵀ @ q``.
+    Two signal operands (attention) in EB: attention weights — an operand computed by a Softmax (or a gate), through
+    layout ops — act as constant weights, so the other operand takes the whole signal by Eq. 8 with them as W and
+    they take none (``softmax(QKᵀ) @ V``: all to V), as gates inside LSTM cells; otherwise (``Q @ Kᵀ``) each operand
+    takes half, ``p/2`` by Eq. 8 with the other operand as W, with a warning. Gradient: the product rule.
     """
     xp = ctx.xp
     a_sig, b_sig = ctx.is_signal(a_name), ctx.is_signal(b_name)
     if a_sig and b_sig:
+        a, b = ctx.value(a_name), ctx.value(b_name)
         if ctx.mode == "grad":
-            a, b = ctx.value(a_name), ctx.value(b_name)
             return (scale * xp.matmul(p, xp.swapaxes(b, -1, -2)), scale * xp.matmul(xp.swapaxes(a, -1, -2), p))
-        raise EbrError(
-            f"node {node.name!r} ({node.op_type}) multiplies two signal tensors; EB supports products with a constant "
-            "operand only (use method='grad' for this model)"
+        weights = [_is_attention_weight(ctx, t) for t in (a_name, b_name)]
+        if weights == [True, False]:
+            return None, _right_operand(ctx, node, p, b_name, scale * a)
+        if weights == [False, True]:
+            return _left_operand(ctx, node, p, a_name, scale * b), None
+        ctx.warn_once(
+            "signal-product",
+            f"node {node.name!r} (MatMul) multiplies two signal tensors, neither of them attention weights (a "
+            "Softmax's output); EB gives each operand half the signal",
         )
+        return (_left_operand(ctx, node, p / 2, a_name, scale * b), _right_operand(ctx, node, p / 2, b_name, scale * a))
     if a_sig:
-        w = _scaled_weight(ctx, node, b_name, scale)
-        x = ctx.value(a_name) if ctx.mode == "eb" else None
-        op = ArrayLinear(xp, w, lambda v, k: xp.matmul(v, k), lambda q, k: xp.matmul(q, xp.swapaxes(k, -1, -2)),
-                         axis=w.ndim - 1, out_axis=-1)
-        da = linear_rule(ctx, node, x, p, op)
-        return unbroadcast(xp, da, ctx.shape(a_name)), None
-    w = _scaled_weight(ctx, node, a_name, scale)
+        return _left_operand(ctx, node, p, a_name, _scaled_weight(ctx, node, b_name, scale)), None
+    return None, _right_operand(ctx, node, p, b_name, _scaled_weight(ctx, node, a_name, scale))
+
+
+def _left_operand(ctx: RuleContext, node: Node, p: Any, a_name: str, w: Any) -> Any:
+    """The signal of ``a`` in ``y = a @ w`` (Eq. 8 in EB, ``p @ wᵀ`` for the gradient)."""
+    xp = ctx.xp
+    x = ctx.value(a_name) if ctx.mode == "eb" else None
+    op = ArrayLinear(xp, w, lambda v, k: xp.matmul(v, k), lambda q, k: xp.matmul(q, xp.swapaxes(k, -1, -2)),
+                     axis=w.ndim - 1, out_axis=-1)
+    return unbroadcast(xp, linear_rule(ctx, node, x, p, op), ctx.shape(a_name))
+
+
+def _right_operand(ctx: RuleContext, node: Node, p: Any, b_name: str, w: Any) -> Any:
+    """The signal of ``b`` in ``y = w @ b`` (Eq. 8 in EB, ``wᵀ @ p`` for the gradient)."""
+    xp = ctx.xp
     x = ctx.value(b_name) if ctx.mode == "eb" else None
     op = ArrayLinear(xp, w, lambda v, k: xp.matmul(k, v), lambda q, k: xp.matmul(xp.swapaxes(k, -1, -2), q),
                      axis=max(w.ndim - 2, 0), out_axis=-2)
-    db = linear_rule(ctx, node, x, p, op)
-    return None, unbroadcast(xp, db, ctx.shape(b_name))
+    return unbroadcast(xp, linear_rule(ctx, node, x, p, op), ctx.shape(b_name))
+
+
+def _is_attention_weight(ctx: RuleContext, name: str) -> bool:
+    """Whether ``name`` is computed by a Softmax or a gate (Sigmoid, HardSigmoid), through layout ops."""
+    node = ctx.graph.producer.get(ctx.graph.trace_down(name, LAYOUT_OPS))
+    return node is not None and (node.op_type == "Softmax" or node.op_type in GATE_OPS)
 
 
 def _scaled_weight(ctx: RuleContext, node: Node, name: str, scale: float) -> Any:
@@ -300,3 +328,127 @@ class _TransposedGemm:
     def shape(self, name: str) -> tuple[int, ...]:
         s = self._ctx.shape(name)
         return tuple(reversed(s)) if self._flip.get(name) else s
+
+
+# -- ConvTranspose ----------------------------------------------------------------------------------------------------
+def conv_transpose_geometry(node: Node, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                            y_shape: tuple[int, ...]) -> ConvGeometry:
+    """The geometry of the Conv whose transpose the ConvTranspose is: the same strides, dilations and group, on an
+    input shaped as ``y``; the pads are the node's, or, where ``auto_pad`` or ``output_shape`` decide them, the total
+    ``s(in − 1) + output_padding + (k − 1)d + 1 − out`` split as onnxruntime does (SAME_UPPER: the smaller half
+    first; otherwise the larger half first)."""
+    spatial = len(x_shape) - 2
+    if spatial not in (1, 2):
+        raise EbrError(f"ConvTranspose node {node.name!r} is {spatial}-D; ebr_onnx supports 1-D and 2-D transposed "
+                       "convolutions")
+    strides = list(node.attr("strides", [1] * spatial))
+    dilations = list(node.attr("dilations", [1] * spatial))
+    extra = list(node.attr("output_padding", [0] * spatial))
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    pads = list(node.attr("pads", [0] * (2 * spatial)))
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") or (auto_pad == "NOTSET" and node.attr("output_shape") is not None):
+        for a in range(spatial):
+            total = (strides[a] * (x_shape[a + 2] - 1) + extra[a] + (w_shape[a + 2] - 1) * dilations[a] + 1
+                     - y_shape[a + 2])
+            small = total // 2
+            pads[a], pads[a + spatial] = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * spatial)
+    attrs = {"strides": strides, "dilations": dilations, "pads": pads, "group": int(node.attr("group", 1))}
+    return ConvGeometry(replace(node, attrs=attrs), y_shape, w_shape)
+
+
+@rule("ConvTranspose", needs=needs_inputs)
+def conv_transpose_op(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """ConvTranspose, the transpose of a Conv ``g`` by the same weight: Eq. 8 with ``f = gᵀ`` by W⁺ and
+    ``fᵀ = g`` (strides, pads, output_padding, dilations, groups; no bias); gradient ``p' = g(p, W)``."""
+    xp = ctx.xp
+    p = signals[0]
+    x_shape = ctx.shape(node.inputs[0])
+    one_d = len(x_shape) == 3
+    w = ctx.weight(node, 1)
+    geo = conv_transpose_geometry(node, tuple(x_shape), tuple(w.shape), tuple(p.shape))
+    if list(geo.out) != ([1] if one_d else []) + list(x_shape[2:]):
+        raise EbrError(f"ConvTranspose node {node.name!r}: its output {tuple(p.shape)} does not match its input "
+                       f"{tuple(x_shape)} under its strides, pads and output_padding")
+    op = ArrayLinear(xp, w[:, :, None, :] if one_d else w, lambda a, k: conv_transpose(xp, geo, a, k, p.shape[1]),
+                     lambda q, k: conv_forward(xp, geo, q, k))
+    p2 = p[:, :, None, :] if one_d else p
+    x = ctx.value(node.inputs[0]) if ctx.mode == "eb" else None
+    x2 = x[:, :, None, :] if (one_d and x is not None) else x
+    result = linear_rule(ctx, node, x2, p2, op)
+    return [result[:, :, 0, :] if one_d else result] + [None] * (len(node.inputs) - 1)
+
+
+rule("ConvTranspose", modes=("grad",), needs=_conv_needs)(conv_transpose_op)
+
+
+# -- Einsum -----------------------------------------------------------------------------------------------------------
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def einsum_subscripts(equation: str, ranks: Sequence[int]) -> tuple[list[str], str]:
+    """An Einsum equation made explicit: the subscripts of each operand and of the output, ``...`` replaced by letters
+    the equation does not use (broadcast axes aligned from the right), and an implicit output written out (the
+    broadcast axes, then the letters used once, in alphabetical order)."""
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    operands = lhs.split(",")
+    free = [c for c in _LETTERS if c not in lhs + rhs]
+    spans = [r - len(s.replace("...", "")) if "..." in s else 0 for s, r in zip(operands, ranks)]
+    dots = "".join(free[:max(spans, default=0)])
+    subs = [s.replace("...", dots[len(dots) - e:] if e else "") for s, e in zip(operands, spans)]
+    if arrow:
+        return subs, rhs.replace("...", dots)
+    named = lhs.replace("...", "").replace(",", "")
+    return subs, dots + "".join(sorted(c for c in set(named) if named.count(c) == 1))
+
+
+def _einsum_operand(ctx: RuleContext, node: Node, k: int, subs: list[str], out: str, values: list[Any]
+                    ) -> ArrayLinear:
+    """``y`` as a linear function of operand ``k``: ``f(a, W) = einsum(a, W → y)`` with ``W`` the other operands
+    contracted over the letters that neither ``a`` nor the output has; ``fᵀ(q, W) = einsum(q, W → a)``, broadcast
+    over the letters only ``a`` has and summed over its broadcast (size-1) axes."""
+    xp = ctx.xp
+    a = subs[k]
+    if len(set(a)) != len(a):
+        raise EbrError(f"Einsum node {node.name!r} ({node.attr('equation')!r}) repeats a subscript in its signal "
+                       "operand (a diagonal); ebr_onnx supports signal operands with distinct subscripts")
+    others = [j for j in range(len(subs)) if j != k]
+    w_subs = "".join(dict.fromkeys(c for j in others for c in subs[j] if c in a or c in out))
+    w = xp.einsum(",".join(subs[j] for j in others) + "->" + w_subs, *(values[j] for j in others), optimize=True) \
+        if others else xp.asarray(1.0, dtype=values[k].dtype)
+    w = -w if node.name in ctx.negated else w
+    kept = "".join(c for c in a if c in out or c in w_subs)
+    shape = tuple(ctx.shape(node.inputs[k]))
+
+    def contract(source: str, target: str, v: Any, m: Any) -> Any:
+        """``einsum(v, m → target)``; a scalar weight (no subscripts) multiplies."""
+        if w_subs:
+            return xp.einsum(f"{source},{w_subs}->{target}", v, m, optimize=True)
+        return xp.einsum(f"{source}->{target}", v) * m
+
+    def transpose(q: Any, m: Any) -> Any:
+        g = contract(out, kept, q, m)
+        g = unbroadcast(xp, g.reshape(tuple(g.shape[kept.index(c)] if c in kept else 1 for c in a)), shape)
+        return g if g.shape == shape else xp.broadcast_to(g, shape).copy()
+
+    return ArrayLinear(xp, w, lambda v, m: contract(a, out, v, m), transpose)
+
+
+@rule("Einsum", needs=needs_inputs)
+def einsum(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """Einsum is linear in each operand: with one signal operand ``a`` and ``W`` the others contracted, Eq. 8 with
+    ``f(a, W⁺) = einsum(a, W⁺ → y)`` and ``fᵀ(q, W⁺) = einsum(q, W⁺ → a)`` (EB: exactly one signal operand, the others
+    constant); gradient ``fᵀ(p, W)`` for every signal operand."""
+    signal = [k for k, t in enumerate(node.inputs) if ctx.is_signal(t)]
+    if ctx.mode == "eb" and len(signal) != 1:
+        raise EbrError(f"Einsum node {node.name!r} ({node.attr('equation')!r}) multiplies {len(signal)} signal "
+                       "operands; EB supports Einsum with exactly one signal operand and constant others (use "
+                       "method='grad' for this model)")
+    subs, out = einsum_subscripts(node.attr("equation"), [len(ctx.shape(t)) for t in node.inputs])
+    values = [ctx.value(t) for t in node.inputs]
+    result: list[Any] = [None] * len(node.inputs)
+    for k in signal:
+        x = values[k] if ctx.mode == "eb" else None
+        result[k] = linear_rule(ctx, node, x, signals[0], _einsum_operand(ctx, node, k, subs, out, values))
+    return result

@@ -1,10 +1,14 @@
-"""Rules of the pooling ops: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool (``shared/spec/caffe-reference.md``
-§2.2, the release's ``PoolingLayer::Backward_eb_cpu``).
+"""Rules of the pooling ops: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool, and of the reductions
+(``shared/spec/caffe-reference.md`` §2.2, the release's ``PoolingLayer::Backward_eb_cpu``).
 
 * MAX: the whole signal of an output goes to the maximum of its window, identical to the gradient; ties go to the
   first maximum in row-major window order (the release's strict ``>``), padded positions never win.
 * AVE, EB: ``p'_i = Σ_w x_i · p_w / Σ_{i'∈w} x_{i'}`` with the guard ``Σ > 0`` (else 0) — Eq. 8 with unit weights;
   gradient: ``p'_i = Σ_w p_w / count_w`` with the forward's ``count_include_pad``.
+
+* Reductions: ReduceMean/ReduceSum as AVE (Eq. 8 with equal weights); ReduceMax/ReduceMin as MAX (the first
+  extreme in row-major order over the reduced axes takes the signal); ReduceL2 ``y = Σ_i x_i (x_i / y)``, EB: Eq. 8
+  with the contributions ``x_i² / y ≥ 0``, ``p'_i = p x_i² ⊘₀ Σ x²``; gradient ``p x_i ⊘₀ y``.
 
 Windows are visited by kernel offset on strided views of the padded input (as the convolution in
 :mod:`ebr_onnx.rules.linear`), so no loop runs over pixels. 1-D pooling is 2-D pooling with a unit height.
@@ -219,3 +223,45 @@ def reduce_mean_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> li
             count *= shape[a]
         p = p / count
     return [xp.broadcast_to(p, shape).copy(), None]
+
+
+@rule(["ReduceMax", "ReduceMin"], needs=needs_input)
+def reduce_max(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = p [i = first arg max (ReduceMin: arg min) over the reduced axes, row-major]``, as GlobalMaxPool
+    (identical in EB and grad)."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    axes, keepdims = _reduced_axes(node, ctx)
+    if not axes:
+        return [signals[0], None]
+    rest = [a for a in range(x.ndim) if a not in axes]
+    order = rest + list(axes)
+    outer = tuple(x.shape[a] for a in rest)
+    flat = x.transpose(order).reshape(outer + (-1,))
+    pick = flat.argmax(axis=-1) if node.op_type == "ReduceMax" else flat.argmin(axis=-1)
+    p = _kept(xp, signals[0], axes, keepdims).transpose(order).reshape(outer + (1,))
+    routed = (xp.arange(flat.shape[-1]) == pick[..., None]) * p
+    inverse = [order.index(a) for a in range(x.ndim)]
+    return [routed.reshape(tuple(x.shape[a] for a in order)).transpose(inverse), None]
+
+
+@rule("ReduceL2", modes=("eb",), needs=needs_input)
+def reduce_l2_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """``y = √(Σ x²) = Σ_i x_i (x_i / y)``: Eq. 8 with the weights ``x_i / y``, whose contributions ``x_i² / y`` are
+    never negative: ``p'_i = p ⊙ x_i² ⊘₀ Σ x²``."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    axes, keepdims = _reduced_axes(node, ctx)
+    square = x * x
+    return [square * safe_divide(xp, _kept(xp, signals[0], axes, keepdims),
+                                 square.sum(axis=axes, keepdims=True)), None]
+
+
+@rule("ReduceL2", modes=("grad",), needs=needs_input)
+def reduce_l2_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """``p'_i = p ⊙ x_i ⊘₀ y`` with ``y = √(Σ x²)`` (0 where ``y = 0``)."""
+    xp = ctx.xp
+    x = ctx.value(node.inputs[0])
+    axes, keepdims = _reduced_axes(node, ctx)
+    norm = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
+    return [x * safe_divide(xp, _kept(xp, signals[0], axes, keepdims), norm), None]

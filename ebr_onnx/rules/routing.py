@@ -11,8 +11,10 @@ import numpy as np
 
 from ..core.backend import to_numpy
 from ..core.context import RuleContext
+from ..core.errors import EbrError
 from ..core.graph import Node
 from ..core.numeric import unbroadcast
+from ..core.ops import NON_FLOAT_OPS
 from ..core.registry import rule
 from ..core.slicing import slice_index
 
@@ -33,6 +35,23 @@ def _second_input(node: Node) -> list[str]:
 def identity(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     """``p' = p`` (Dropout is the identity at inference; its mask output takes no signal)."""
     return _none_after_first(node, signals[0])
+
+
+@rule(["Cast", "CastLike"])
+def cast(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """``p' = p``: a float → float cast (the walk runs in one float dtype; a cast to an integer or boolean type ends
+    the signal path, so no signal reaches it)."""
+    if not ctx.graph.is_float(node.outputs[0]):
+        raise EbrError(f"{node.op_type} node {node.name!r} casts a signal to a non-float type; ebr_onnx propagates "
+                       "signal through float → float casts only")
+    return _none_after_first(node, signals[0])
+
+
+@rule(sorted(NON_FLOAT_OPS))
+def non_float(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
+    """Comparisons, logic and arg-max ops output booleans or indices, which carry no signal: their inputs take none
+    (registered so that a signal path may feed them, e.g. the computed condition of a ``Where``)."""
+    return [None] * len(node.inputs)
 
 
 @rule(["Reshape", "Flatten", "Squeeze", "Unsqueeze"])
