@@ -36,10 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
 from keras import layers  # noqa: E402
+from make_keras_fixtures import export  # noqa: E402  (this folder is on the path when run as a script)
 
-OPSET = 17
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "keras" / "corpus"
 
 
@@ -138,13 +137,6 @@ def randomise(model: keras.Model, rng: np.random.Generator) -> None:
         w.assign(value)
 
 
-def export(model: keras.Model, shape: tuple[int, ...], path: Path) -> None:
-    spec = (tf.TensorSpec((1,) + shape, tf.float32, name=model.inputs[0].name),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
-    proto.doc_string = f"{model.name}: tf2onnx {tf2onnx.__version__}, Keras {keras.__version__}, TF {tf.__version__}"
-    path.write_bytes(proto.SerializeToString())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="output folder (default: tests/fixtures/keras/corpus)")
@@ -155,7 +147,8 @@ def main() -> None:
         model = builder()
         randomise(model, np.random.default_rng(1))
         inputs = np.random.default_rng(0).random((1,) + shape, dtype=np.float32)
-        export(model, shape, args.out / f"{name}.onnx")
+        spec = (tf.TensorSpec((1,) + shape, tf.float32, name=model.inputs[0].name),)
+        export(model, args.out / f"{name}.onnx", spec)
         np.savez_compressed(args.out / f"{name}.npz", inputs=inputs, output=model(inputs, training=False).numpy(),
                             recurrent=recurrent)
 

@@ -102,8 +102,9 @@ def gradients(model: keras.Model, clip: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def export(model: keras.Model, path: Path) -> None:
-    spec = (tf.TensorSpec((None, T, H, W, C), tf.float32, name="clip"),)
+def export(model: keras.Model, path: Path, spec: tuple | None = None) -> None:
+    """``model`` as ONNX at ``path`` (tf2onnx), for inputs of ``spec`` (default: a batch of this script's clips)."""
+    spec = spec or (tf.TensorSpec((None, T, H, W, C), tf.float32, name="clip"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     proto.doc_string = f"{model.name}: tf2onnx {tf2onnx.__version__}, Keras {keras.__version__}, TF {tf.__version__}"
     path.write_bytes(proto.SerializeToString())
