@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_cnn import CONV5_1, build_vgg16  # noqa: E402
-from common import build_in_child, child, measure, parser, run_child, shared_case  # noqa: E402
+from common import build_in_child, child, measure, parser, ratio, run_child, shared_case  # noqa: E402
 
 HIDDEN, CLASSES = 256, 101
 
@@ -118,9 +118,7 @@ def main() -> None:
             print(f"{frames:4d} {label:38s} {'-':>8s} {'-':>8s} {'-':>6s} {goal:>6s} {'-':>8s} {'-':>6s}  ({note})")
             continue
         bt, bm = base.get(frames, (None, None))
-        ratio_t = f"{t / bt:6.2f}" if bt else f"{'-':>6s}"
-        ratio_m = f"{m / bm:6.2f}" if bm else f"{'-':>6s}"
-        print(f"{frames:4d} {label:38s} {t:8.2f} {t / frames:8.3f} {ratio_t} {goal:>6s} {m:8.0f} {ratio_m}")
+        print(f"{frames:4d} {label:38s} {t:8.2f} {t / frames:8.3f} {ratio(t, bt)} {goal:>6s} {m:8.0f} {ratio(m, bm)}")
     floor, (bt, _) = rows[1][3], base.get(args.frames, (None, None))
     if floor is not None and bt:
         print(f"floor of cebr to the input (forward + EB's convolutions), T = {args.frames}: {(bt + floor) / bt:.2f}x ort")

@@ -40,9 +40,20 @@ def eb_convolutions(model: str, feeds: dict, threads: int) -> Callable[[], objec
     """The floor of EB on a CNN: only the two convolutions per Conv node that Eq. 8 needs (``Z = f(x, W⁺)`` and the
     transpose ``fᵀ(q, W⁺)``), on inputs of the forward's shapes, as one onnxruntime graph (all optimizations, with an
     arena) — no forward, no elementwise work, no memory handed back."""
+    import onnxruntime as ort
+
+    proto, data = eb_convolutions_graph(model, feeds)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(proto, opts, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, data)
+
+
+def eb_convolutions_graph(model: str, feeds: dict) -> tuple[bytes, dict]:
+    """The graph of :func:`eb_convolutions` (serialized) and its feeds: for each Conv node of ``model``, its
+    convolution by W⁺ and the transpose, on random inputs of the shapes the forward of ``feeds`` gives them."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     from ebr_onnx.core.geometry import ConvGeometry
@@ -69,10 +80,7 @@ def eb_convolutions(model: str, feeds: dict, threads: int) -> Callable[[], objec
         outputs.append(helper.make_tensor_value_info(f"s{i}", onnx.TensorProto.FLOAT, []))
     proto = helper.make_model(helper.make_graph(nodes, "eb_convolutions", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return lambda: sess.run(None, data)
+    return proto.SerializeToString(), data
 
 
 def shared_case(case: str, model: str, feeds: dict, threads: int) -> Callable[[], object] | None:
@@ -85,17 +93,49 @@ def shared_case(case: str, model: str, feeds: dict, threads: int) -> Callable[[]
     return None
 
 
-def run_child(script: str, args: list[str]) -> tuple[float | None, float | None, str]:
-    """Run ``script --case …`` in a child process: (seconds, peak MB, note — the last error line when it failed)."""
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """The best time of each function over ``rounds`` rounds that run them one after the other (after one warm-up
+    call each), in this process: on a machine shared with other jobs, rows measured minutes apart see different
+    loads, rows measured in turn see the same."""
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def run_json_child(script: str, args: list[str]) -> dict | None:
+    """Run ``script --case …`` in a child process and return the JSON it prints last (None when it failed)."""
     proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        return None, None, (proc.stderr.strip().splitlines() or ["failed"])[-1][:60]
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_child(script: str, args: list[str], timeout: float | None = None,
+              note: int = 60) -> tuple[float | None, float | None, str]:
+    """Run ``script --case …`` in a child process (killed after ``timeout`` seconds): (seconds, peak MB, note — the
+    first ``note`` characters of the last error line when it failed)."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        return None, None, (proc.stderr.strip().splitlines() or ["failed"])[-1][:note]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return result["seconds"], result["peak_mb"], ""
 
 
-def build_in_child(script: str, model: str) -> None:
-    subprocess.run([sys.executable, script, "--case", "build", "--model", model], check=True, capture_output=True)
+def ratio(value: float, base: float | None) -> str:
+    """``value / base`` in a column of 6 (``-`` without a base): the "x ort" columns of the tables."""
+    return f"{value / base:6.2f}" if base else f"{'-':>6s}"
+
+
+def build_in_child(script: str, model: str, extra: list[str] | None = None) -> None:
+    subprocess.run([sys.executable, script, "--case", "build", "--model", model, *(extra or [])], check=True,
+                   capture_output=True)
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

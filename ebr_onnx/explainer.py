@@ -30,7 +30,9 @@ from .core.result import ExplainResult
 from .core.targets import Target, class_index, find_classifier, logits_tensor, read_labels
 from .lowering import Lowering
 from .methods import METHOD_TABLE, METHODS, RECURRENT_METHODS, Method
-from .passes.unroll import loop_nodes, unroll_loops
+from .methods.volume import check_clip
+from .passes.unroll import DataDependentLoop, loop_nodes, unroll_loops
+from .recurrent.decoding import DecodedLoops
 
 #: The keyword options of :meth:`Explainer.explain` that only the recurrent methods take.
 RECURRENT_OPTIONS = ("time_step", "recurrent_rules", "boundary", "time_axis")
@@ -58,12 +60,24 @@ class Explainer:
         proto = load_onnx(model)
         #: The Loop/Scan nodes of the model as given, unrolled into per-step ops on load.
         self.unrolled_loops = [(n.name or n.op_type, n.op_type) for n in loop_nodes(proto)]
-        graph = ModelGraph(unroll_loops(proto) if self.unrolled_loops else proto)
+        #: A greedy decoder's Loops, which stop on their own output: unrolled per input to the steps they make.
+        self.decoding: DecodedLoops | None = None
+        try:
+            graph = ModelGraph(unroll_loops(proto) if self.unrolled_loops else proto)
+        except DataDependentLoop:
+            self.decoding = DecodedLoops(proto, threads)
+            graph = ModelGraph(self.decoding.unrolled(dict.fromkeys(self.decoding.lengths, 1)))
         options = RuleOptions(add_rule=add_rule, lowering=lowering)
-        self.engine = Engine(graph, device=device, input_name=input_name, labels=read_labels(graph, labels),
-                             batch_size=batch_size, dtype=dtype, threads=threads, options=options,
-                             lowerer=Lowering())
+        labels = read_labels(graph, labels)
+
+        def engine(g: ModelGraph) -> Engine:
+            return Engine(g, device=device, input_name=input_name, labels=labels, batch_size=batch_size, dtype=dtype,
+                          threads=threads, options=options, lowerer=Lowering())
+
+        self._engine = engine
+        self.engine = engine(graph)
         self._methods: dict[type[Method], Method] = {}
+        self._decoded: dict[tuple, tuple[Engine, dict[type[Method], Method]]] = {}
 
     @property
     def graph(self) -> ModelGraph:
@@ -99,14 +113,29 @@ class Explainer:
             self._methods[kind] = kind(self.engine)
         return self._methods[kind]
 
+    def _decode(self, inputs: np.ndarray | Mapping[str, np.ndarray], extra_inputs: Mapping[str, Any] | None) -> None:
+        """A greedy decoder: switch to the graph unrolled to the steps its Loops make on these inputs (one run of the
+        model as given; :mod:`ebr_onnx.recurrent.decoding`), made once per set of lengths."""
+        if self.decoding is None:
+            return
+        steps = self.decoding.steps(self.engine.feeds(inputs, extra_inputs))
+        key = tuple(sorted(steps.items()))
+        if key not in self._decoded:
+            self._decoded[key] = (self._engine(ModelGraph(self.decoding.unrolled(steps))), {})
+        self.engine, self._methods = self._decoded[key]
+
     # -- the verbs ------------------------------------------------------------------------------------------------
     def predict(self, inputs: np.ndarray | Mapping[str, np.ndarray], output: str | None = None,
                 extra_inputs: Mapping[str, Any] | None = None) -> np.ndarray:
         """The forward pass only: the values of the tensor :meth:`explain` sets its prior on (the logits below a
         final softmax; ``output`` names another output)."""
+        self._decode(inputs, extra_inputs)
         engine = self.engine
         logits = self.logits_tensor(output)
         feeds = engine.feeds(inputs, extra_inputs)
+        layout = self.method("eb").volume()  # a 3-D CNN: the clip is checked against the model first
+        if layout is not None:
+            check_clip(self.graph, layout, np.shape(feeds[engine.input_name]))
         return np.asarray(engine.runner.run(feeds, [logits])[logits])
 
     def explain(
@@ -128,11 +157,14 @@ class Explainer:
         ``target``: an int class index, a label name, a list of one of those per example, or ``None`` (the predicted
         class). ``prior``: a vector over classes used instead of the one-hot. ``output``: the output tensor to explain
         (default the first; a final Softmax is skipped). ``classifier``: the node whose weights ``ceb``/``cebr``
-        negate. Recurrent methods also take ``time_step`` (int, list of ints or ``"all"``; default the last),
+        negate. Recurrent methods also take ``time_step`` (int, list of ints or ``"all"``; default the last; for a
+        captioner also ``"first"``, ``"last"`` or a word: the target word's step in the caption, and a list of
+        several words as ``target`` gives one map set per word, :mod:`ebr_onnx.recurrent.words`),
         ``recurrent_rules`` (``"caffe"``, the release, or ``"excitation"``), ``boundary`` (the RNN→CNN tensor where
         Eqs. 5–7 apply) and ``time_axis`` (of the output); see :mod:`ebr_onnx.recurrent.method`. ``progress`` is
         called with the fraction of the call done (0–1) after each chunk of examples or frames.
         """
+        self._decode(inputs, extra_inputs)
         explainer = self.method(method)
         if recurrent and method not in RECURRENT_METHODS:
             raise EbrError(f"options {sorted(recurrent)} apply to the recurrent methods {RECURRENT_METHODS} only")
@@ -142,4 +174,7 @@ class Explainer:
         request = ExplainRequest(inputs=inputs, method=method, target=target, layer=layer, prior=prior,
                                  output=output, classifier=classifier, extra_inputs=extra_inputs, progress=progress,
                                  **recurrent)
-        return explainer.explain(request)
+        try:
+            return explainer.explain(request)
+        finally:
+            self.engine.release()

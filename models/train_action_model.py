@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -114,43 +115,88 @@ def train(model: ActionModel, steps: int, seed: int, lr: float) -> float:
     Curriculum: the first 5 % of steps see clips without clutter; clutter then ramps up to full by 30 % of the steps.
     """
     rng = np.random.default_rng([seed, 0])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     loss_fn = nn.CrossEntropyLoss()
-    start, running = time.time(), []
-    for step in range(1, steps + 1):
-        clutter = min(1.0, max(0.0, (step / steps - 0.05) / 0.25))  # curriculum: clean clips first, full by 30 %
+
+    def batch_step(step: int, clutter: float) -> tuple[torch.Tensor, float]:
         length, batch = (FRAMES, BATCH) if step % 2 else (2 * FRAMES, BATCH // 2)  # longer clips: stable past T
         frames, labels, _ = make_dataset(batch, rng, length, SIZE, clutter)
         logits = model(to_input(frames))
         target = torch.from_numpy(labels).repeat(length)
-        loss = loss_fn(logits.flatten(0, 1), target)
+        return loss_fn(logits.flatten(0, 1), target), (logits[-1].argmax(1).numpy() == labels).mean()
+
+    return fit(model, steps, lr, 0.05, 100, "last-step acc", batch_step)
+
+
+def fit(model: nn.Module, steps: int, lr: float, pct_start: float, window: int, what: str,
+        batch_step: Callable[[int, float], tuple[torch.Tensor, float]]) -> float:
+    """The training loop of the bundled action models: Adam with a one-cycle schedule (warm-up ``pct_start``), the
+    gradient norm clipped to 1; ``batch_step(step, clutter)`` returns the loss and the accuracy (``what``) of a fresh
+    batch. Curriculum: clean clips first, clutter ramping up from none to full between 5 % and 30 % of the steps.
+    Prints progress every ``window`` steps; returns the accuracy over the last ``window`` batches."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
+    start, running = time.time(), []
+    for step in range(1, steps + 1):
+        clutter = min(1.0, max(0.0, (step / steps - 0.05) / 0.25))  # curriculum: clean clips first, full by 30 %
+        loss, acc = batch_step(step, clutter)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        running.append((logits[-1].argmax(1).numpy() == labels).mean())
-        if step % 100 == 0:
-            print(f"step {step}/{steps}  loss {loss.item():.3f}  last-step acc (last 100 batches) "
-                  f"{np.mean(running[-100:]):.3f}  clutter {clutter:.2f}  {time.time() - start:.0f} s", flush=True)
-    return float(np.mean(running[-100:]))
+        running.append(acc)
+        if step % window == 0:
+            print(f"step {step}/{steps}  loss {loss.item():.3f}  {what} (last {window} batches) "
+                  f"{np.mean(running[-window:]):.3f}  clutter {clutter:.2f}  {time.time() - start:.0f} s", flush=True)
+    return float(np.mean(running[-window:]))
+
+
+class OnnxParts:
+    """The initializers and nodes of an ONNX graph built by hand, each node named after its one output."""
+
+    def __init__(self) -> None:
+        self.init: list[TensorProto] = []
+        self.nodes: list[onnx.NodeProto] = []
+
+    def const(self, name: str, value: torch.Tensor | np.ndarray) -> str:
+        array = value.detach().numpy() if isinstance(value, torch.Tensor) else value
+        self.init.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def save(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+             test_accuracy: float, path: Path, boundary: str | None = None) -> onnx.ModelProto:
+        """The model (opset 17, IR 8) with the bundled models' metadata (labels, preprocessing, frames, the boundary
+        when given, classifier, map layer, test accuracy), checked and saved to ``path``."""
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.init)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ebr_onnx")
+        proto.ir_version = 8
+        props = {
+            "ebr_onnx.labels": json.dumps(CLASS_NAMES),
+            "ebr_onnx.input_size": json.dumps([SIZE, SIZE]),
+            "ebr_onnx.preprocess": json.dumps(PREPROCESS),
+            "ebr_onnx.frames": json.dumps(FRAMES),
+        }
+        if boundary is not None:
+            props["ebr_onnx.boundary"] = boundary
+        props.update({
+            "ebr_onnx.classifier": "classifier",
+            "ebr_onnx.map_layer": MAP_LAYER,
+            "ebr_onnx.test_accuracy": json.dumps(round(test_accuracy, 4)),
+        })
+        helper.set_model_props(proto, props)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, path)
+        return proto
 
 
 def export(model: ActionModel, test_accuracy: float, path: Path) -> onnx.ModelProto:
     """Build the ONNX graph by hand: CNN ops, one LSTM op, MatMul + Add classifier, Softmax."""
-    init: list[TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-
-    def const(name: str, value: torch.Tensor | np.ndarray) -> str:
-        array = value.detach().numpy() if isinstance(value, torch.Tensor) else value
-        init.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(op: str, inputs: list[str], name: str, **attrs: object) -> str:
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
+    parts = OnnxParts()
+    const, node = parts.const, parts.node
     x = "frames"
     convs = [m for m in model.cnn if isinstance(m, nn.Conv2d)]
     for k, conv in enumerate(convs, 1):
@@ -174,39 +220,27 @@ def export(model: ActionModel, test_accuracy: float, path: Path) -> onnx.ModelPr
     x = node("Add", [x, const("classifier_B", model.classifier.bias)], "logits")
     node("Softmax", [x], "probs", axis=2)
 
-    k = len(CLASS_NAMES)
-    graph = helper.make_graph(
-        nodes, "action_lstm",
-        [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["T", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["T", 1, k])],
-        init,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ebr_onnx")
-    proto.ir_version = 8
-    helper.set_model_props(proto, {
-        "ebr_onnx.labels": json.dumps(CLASS_NAMES),
-        "ebr_onnx.input_size": json.dumps([SIZE, SIZE]),
-        "ebr_onnx.preprocess": json.dumps(PREPROCESS),
-        "ebr_onnx.frames": json.dumps(FRAMES),
-        "ebr_onnx.boundary": features,
-        "ebr_onnx.classifier": "classifier",
-        "ebr_onnx.map_layer": MAP_LAYER,
-        "ebr_onnx.test_accuracy": json.dumps(round(test_accuracy, 4)),
-    })
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, path)
-    return proto
+    frames = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["T", 3, SIZE, SIZE])
+    probs = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["T", 1, len(CLASS_NAMES)])
+    return parts.save("action_lstm", [frames], [probs], test_accuracy, path, boundary=features)
 
 
 def check_export(model: ActionModel, path: Path, frames: np.ndarray) -> float:
     """Largest |onnxruntime probs − PyTorch softmax| over T = 16 and T = 24 of one clip; raises above 1e-5."""
+    return max_difference(model, path, [to_input(frames[None, :t]) for t in (16, 24)],
+                          lambda x: {"frames": x[:, 0].numpy()}, dim=2)
+
+
+def max_difference(model: nn.Module, path: Path, inputs: list[torch.Tensor],
+                   feeds: Callable[[torch.Tensor], dict[str, np.ndarray]], dim: int) -> float:
+    """Largest |onnxruntime ``probs`` − PyTorch softmax over ``dim``| over ``inputs`` (the model's input each,
+    ``feeds`` makes the session's); raises above 1e-5."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for t in (16, 24):
-        x = to_input(frames[None, :t])
+    for x in inputs:
         with torch.no_grad():
-            expected = torch.softmax(model(x), dim=2).numpy()
-        got = sess.run(["probs"], {"frames": x[:, 0].numpy()})[0]
+            expected = torch.softmax(model(x), dim=dim).numpy()
+        got = sess.run(["probs"], feeds(x))[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     if worst > 1e-5:
         raise RuntimeError(f"onnxruntime differs from PyTorch by {worst:.2e} (> 1e-5)")
@@ -214,17 +248,27 @@ def check_export(model: ActionModel, path: Path, frames: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    run(__doc__, Path(__file__).with_name("action_lstm.onnx"), 1000, 2e-3, ActionModel, train, accuracy, export,
+        check_export, ("frames_seen", BATCH * FRAMES))
+
+
+def run(doc: str, out: Path, steps: int, lr: float, make_model: Callable[[], nn.Module],
+        train: Callable[[nn.Module, int, int, float], float], accuracy: Callable[..., float],
+        export: Callable[..., onnx.ModelProto], check_export: Callable[..., float], seen: tuple[str, int]) -> None:
+    """A training script's command line (``--seed``, ``--out``, ``--steps``, ``--lr``, ``--test-clips``; defaults
+    ``out``, ``steps``, ``lr``): train, test on fresh clips, export, check the export, print a JSON summary
+    (``seen``: its key for the training data seen and that data per step)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("action_lstm.onnx"))
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--test-clips", type=int, default=800)
     args = parser.parse_args()
 
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
-    model = ActionModel()
+    model = make_model()
     start = time.time()
     train_acc = train(model, args.steps, args.seed, args.lr)
     train_time = time.time() - start
@@ -237,7 +281,7 @@ def main() -> None:
     worst = check_export(model, args.out, make_dataset(1, np.random.default_rng([args.seed, 2]), 24)[0][0])
     print(json.dumps({"train_accuracy": round(train_acc, 4), "test_accuracy": round(test_acc, 4),
                       "train_seconds": round(train_time, 1), "steps": args.steps,
-                      "frames_seen": args.steps * BATCH * FRAMES, "onnx_max_abs_diff": worst,
+                      seen[0]: args.steps * seen[1], "onnx_max_abs_diff": worst,
                       "model_bytes": args.out.stat().st_size}, indent=1))
 
 

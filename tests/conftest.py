@@ -1,6 +1,8 @@
 """Shared fixtures: building tiny ONNX graphs and running the backward walk on them with a chosen top signal."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -80,3 +82,19 @@ def tiny_cnn() -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+_STUBS = Path(__file__).parent / "stubs"
+
+
+@pytest.fixture(scope="module")
+def zennit():
+    """zennit imports torchvision at import time: a stub of the two names it reads is put on the path here."""
+    sys.path.insert(0, str(_STUBS))
+    try:
+        return pytest.importorskip("zennit")
+    finally:
+        sys.path.remove(str(_STUBS))
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] == "torchvision" and str(_STUBS) in str(getattr(module, "__file__", "")):
+                del sys.modules[name]

@@ -127,12 +127,14 @@ def test_nan_or_inf_in_the_input(small_net, bad):
         Explainer(small_net).explain(x, target=0)
 
 
-def test_three_d_pooling_is_refused(make_model):
-    nodes = [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[2, 2, 2], name="pool3d"),
-             helper.make_node("Flatten", ["m"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)]
-    model = make_model(nodes, {"x": [1, 1, 2, 2, 2]}, ["y"], {"w": np.ones((2, 1), np.float32)})
-    with pytest.raises(EbrError, match="MaxPool node 'pool3d' is 3-D; ebr_onnx supports 1-D and 2-D pooling"):
-        Explainer(model).explain(np.ones((1, 1, 2, 2, 2), np.float32), target=0)
+def test_four_d_windows_are_refused():
+    """3-D pooling and convolutions are explained (tests/test_cnn3d.py); a 4-D window is refused by name."""
+    from ebr_onnx.core.geometry import ConvGeometry
+    from ebr_onnx.core.graph import Node
+
+    node = Node("conv4d", "Conv", "", ("x", "w"), ("y",), {})
+    with pytest.raises(EbrError, match="Conv node 'conv4d' is 4-D; ebr_onnx supports 1-D, 2-D and 3-D convolutions"):
+        ConvGeometry(node, (1, 1, 2, 2, 2, 2), (1, 1, 2, 2, 2, 2))
 
 
 def test_batch_norm_in_training_mode_is_refused(make_model):

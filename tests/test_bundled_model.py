@@ -1,5 +1,6 @@
-"""The bundled action model ``models/action_lstm.onnx``: structure, metadata, accuracy on fresh clips, and its LSTM
-op checked against an independent NumPy ReLU-LSTM (ONNX gate order i, o, f, c) built from the model's own weights."""
+"""The bundled action models ``models/action_lstm.onnx`` and ``models/action_lrcn.onnx`` (LRCN-style): structure,
+metadata, accuracy on fresh clips, and their LSTM op checked against an independent NumPy ReLU-LSTM (ONNX gate order
+i, o, f, c) built from the model's own weights."""
 from __future__ import annotations
 
 import json
@@ -14,13 +15,18 @@ from ebr_onnx.app.synthetic import CLASS_NAMES, make_clip, make_dataset
 
 ort = pytest.importorskip("onnxruntime")
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "action_lstm.onnx"
+MODELS = Path(__file__).resolve().parents[1] / "models"
 KEYS = ("labels", "input_size", "preprocess", "frames", "boundary", "classifier", "map_layer", "test_accuracy")
 
 
+@pytest.fixture(scope="module", params=["action_lstm.onnx", "action_lrcn.onnx"])
+def path(request) -> Path:
+    return MODELS / request.param
+
+
 @pytest.fixture(scope="module")
-def model() -> onnx.ModelProto:
-    return onnx.load(MODEL)
+def model(path: Path) -> onnx.ModelProto:
+    return onnx.load(path)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,8 @@ def _preprocess(frames: np.ndarray, spec: dict) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def test_size_checker_and_structure(model: onnx.ModelProto) -> None:
-    assert MODEL.stat().st_size <= 3 * 2**20
+def test_size_checker_and_structure(path: Path, model: onnx.ModelProto) -> None:
+    assert path.stat().st_size <= 3 * 2**20
     onnx.checker.check_model(model, full_check=True)
     (frames,) = model.graph.input
     assert frames.name == "frames" and frames.type.tensor_type.shape.dim[0].dim_param
@@ -55,10 +61,10 @@ def test_size_checker_and_structure(model: onnx.ModelProto) -> None:
     assert [n.op_type for n in model.graph.node][-5:] == ["LSTM", "Squeeze", "MatMul", "Add", "Softmax"]
 
 
-def test_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+def test_metadata(path: Path, model: onnx.ModelProto, meta: dict[str, str]) -> None:
     assert all(key in meta for key in KEYS)
     assert json.loads(meta["labels"]) == CLASS_NAMES
-    assert MODEL.with_suffix(".labels.txt").read_text().split() == CLASS_NAMES
+    assert path.with_suffix(".labels.txt").read_text().split() == CLASS_NAMES
     assert json.loads(meta["input_size"]) == [64, 64] and json.loads(meta["frames"]) == 16
     tensors = {out for n in model.graph.node for out in n.output}
     assert meta["boundary"] in tensors and meta["map_layer"] in tensors
@@ -74,6 +80,20 @@ def test_accuracy_on_fresh_clips(model: onnx.ModelProto, meta: dict[str, str]) -
     preds = [sess.run(["probs"], {"frames": _preprocess(clip, spec)})[0][-1, 0].argmax() for clip in frames]
     accuracy = float(np.mean(np.array(preds) == labels))
     assert accuracy >= json.loads(meta["test_accuracy"]) - 0.10
+
+
+def test_lrcn_model_classifies_long_clips_at_every_step() -> None:
+    """The LRCN-style model keeps its accuracy over 128 frames (``ebr_onnx.per_step_accuracy``, measured by its
+    training script on 400 clips per length): here 24 fresh clips, at the last step and over steps 16–127."""
+    model = onnx.load(MODELS / "action_lrcn.onnx")
+    meta = {p.key.removeprefix("ebr_onnx."): p.value for p in model.metadata_props}
+    stored = json.loads(meta["per_step_accuracy"])["128"]
+    sess = _session(model)
+    frames, labels, _ = make_dataset(24, 2025, frames=128)
+    hits = np.array([sess.run(["probs"], {"frames": _preprocess(clip, json.loads(meta["preprocess"]))})[0][:, 0]
+                     .argmax(1) == label for clip, label in zip(frames, labels)])
+    assert hits[:, -1].mean() >= stored["last"] - 0.15
+    assert hits[:, 16:].mean() >= stored["mean_from_16"] - 0.10
 
 
 def _relu_lstm(x: np.ndarray, w: np.ndarray, r: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -23,6 +23,9 @@ pytest.importorskip("torch")
 KERAS_MODELS = tuple(sorted(p.stem for p in KERAS_CORPUS.glob("*.onnx")))
 MODELS = TORCH_MODELS + KERAS_MODELS
 RECURRENT_MODELS = ("crnn", "cnn_lstm", "cnn_gru", "keras_audio_lstm")
+#: Models whose logits are time first (a CRNN's CTC head): the CNN methods refuse them and name the recurrent ones.
+TIME_FIRST = ("crnn",)
+CNN_MODELS = tuple(m for m in MODELS if m not in TIME_FIRST)
 
 
 
@@ -77,13 +80,13 @@ def _check_maps(model: CorpusModel, res) -> None:
     assert np.abs(res.signal).sum() > 0
 
 
-@pytest.mark.parametrize(("name", "method"), [(m, k) for m in MODELS for k in ("eb", "grad")])
+@pytest.mark.parametrize(("name", "method"), [(m, k) for m in CNN_MODELS for k in ("eb", "grad")])
 def test_cnn_methods(corpus, explainers, name, method):
     model = corpus[name]
     _check_maps(model, explainers(name).explain(model.inputs, method=method))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CNN_MODELS)
 def test_contrastive(corpus, explainers, name):
     """``ceb`` wherever the graph search finds a classifier (the one :mod:`ebr_onnx.app.inspect` reports)."""
     ex = explainers(name)
@@ -104,7 +107,7 @@ def test_recurrent_methods(corpus, explainers, name, method):
     assert np.abs(res.maps).sum() > 0
 
 
-@pytest.mark.parametrize("name", [m for m in MODELS if m != "keras_transformer"])
+@pytest.mark.parametrize("name", [m for m in CNN_MODELS if m != "keras_transformer"])
 def test_maps_sum_the_channel_axis(corpus, explainers, name):
     """A map has the input's shape without its channel axis (axis 1 of PyTorch's NCHW/NCL inputs, the last of
     Keras's channels-last ones; the transformer's frames, which meet no Conv, are left out)."""
@@ -113,10 +116,16 @@ def test_maps_sum_the_channel_axis(corpus, explainers, name):
     assert res.maps.shape == tuple(np.delete(model.inputs.shape, model.channel_axis))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CNN_MODELS)
 def test_classes_are_read_on_the_class_axis(corpus, explainers, name):
     """A target one past the last class is refused: the class axis was found (the check runs before the walk)."""
     model = corpus[name]
     with pytest.raises(EbrError, match="out of range"):
         explainers(name).explain(model.inputs, target=model.classes, method="grad")
 
+
+
+@pytest.mark.parametrize(("name", "method"), [(m, k) for m in TIME_FIRST for k in ("eb", "ceb", "grad")])
+def test_time_first_logits_are_left_to_the_recurrent_methods(corpus, explainers, name, method):
+    with pytest.raises(EbrError, match="recurrent output .* explain it with ebr, cebr or gradr"):
+        explainers(name).explain(corpus[name].inputs, method=method)

@@ -488,6 +488,8 @@ CONV_TRANSPOSE_CASES = {
     "same_lower": ((1, 2, 3, 3), (2, 2, 3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     "output_shape": ((1, 2, 3, 3), (2, 2, 3, 3), dict(strides=[2, 2], output_shape=[6, 7])),
     "1d_stride_pads": ((1, 2, 5), (2, 3, 3), dict(strides=[2], pads=[1, 2], output_padding=[1])),
+    "3d_stride_pads": ((1, 2, 2, 3, 3), (2, 2, 2, 3, 2), dict(strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 0],
+                                                               output_padding=[1, 0, 0])),
 }
 
 
@@ -510,12 +512,13 @@ def test_conv_transpose_signed_input(make_model, backprop):
     check_linear(model, uniform(*x_shape, low=-1), backprop, signed=True)
 
 
-def test_conv_transpose_3d_is_refused(make_model, backprop):
-    model = make_model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up3d")], {"x": [1, 1, 2, 2, 2]},
-                       ["y"], {"w": uniform(1, 1, 2, 2, 2)})
-    x = uniform(1, 1, 2, 2, 2)
-    with pytest.raises(EbrError, match="ConvTranspose node 'up3d' is 3-D.*supports 1-D and 2-D"):
-        backprop(model, {"x": x}, np.ones((1, 1, 3, 3, 3)), "grad")
+def test_conv_transpose_4d_is_refused():
+    from ebr_onnx.core.graph import Node
+    from ebr_onnx.rules.linear import conv_transpose_geometry
+
+    node = Node("up4d", "ConvTranspose", "", ("x", "w"), ("y",), {})
+    with pytest.raises(EbrError, match="ConvTranspose node 'up4d' is 4-D.*supports 1-D, 2-D and 3-D"):
+        conv_transpose_geometry(node, (1, 1, 2, 2, 2, 2), (1, 1, 2, 2, 2, 2), (1, 1, 3, 3, 3, 3))
 
 
 # -- Einsum -----------------------------------------------------------------------------------------------------

@@ -127,21 +127,22 @@ def unit_edges(shapes: dict[str, tuple[int, ...]], out_shape: tuple[int, ...], w
 
 # -- Conv -------------------------------------------------------------------------------------------------------
 def conv_edges(x_shape, w, strides, pads, dilations, group):
-    """Edges of a 2-D convolution (1-D: unit height), skipping padded positions."""
-    n_, c_, h_, w_ = x_shape
-    m_, cg, kh_, kw_ = w.shape
-    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
-    oh_ = (h_ + pt + pb - (kh_ - 1) * dh - 1) // sh + 1
-    ow_ = (w_ + pl + pr - (kw_ - 1) * dw - 1) // sw + 1
+    """Edges of a convolution on any number of spatial axes (1-D: as 2-D of unit height), skipping padded positions."""
+    spatial = len(x_shape) - 2
+    m_, cg = w.shape[:2]
+    kernel = w.shape[2:]
+    out = [(x_shape[2 + a] + pads[a] + pads[a + spatial] - (kernel[a] - 1) * dilations[a] - 1) // strides[a] + 1
+           for a in range(spatial)]
+    out_shape = (x_shape[0], m_, *out)
     edges = []
-    for n, m, oh, ow in itertools.product(range(n_), range(m_), range(oh_), range(ow_)):
-        j = np.ravel_multi_index((n, m, oh, ow), (n_, m_, oh_, ow_))
-        for k, kh, kw in itertools.product(range(cg), range(kh_), range(kw_)):
-            ih, iw = oh * sh - pt + kh * dh, ow * sw - pl + kw * dw
-            if 0 <= ih < h_ and 0 <= iw < w_:
+    for n, m, *o in itertools.product(*(range(v) for v in out_shape)):
+        j = np.ravel_multi_index((n, m, *o), out_shape)
+        for k, *kk in itertools.product(range(cg), *(range(v) for v in kernel)):
+            pos = [o[a] * strides[a] - pads[a] + kk[a] * dilations[a] for a in range(spatial)]
+            if all(0 <= p < x_shape[2 + a] for a, p in enumerate(pos)):
                 c = (m // (m_ // group)) * cg + k
-                edges.append((int(j), "x", int(np.ravel_multi_index((n, c, ih, iw), x_shape)), float(w[m, k, kh, kw])))
-    return edges, (n_, m_, oh_, ow_)
+                edges.append((int(j), "x", int(np.ravel_multi_index((n, c, *pos), x_shape)), float(w[(m, k, *kk)])))
+    return edges, out_shape
 
 
 CONV_CASES = {
@@ -272,6 +273,26 @@ POOL_CASES = {
 }
 
 
+def pool_windows_nd(x_shape, out_shape, attrs):
+    """For each output position: its window's in-range input positions in row-major order, and the count of window
+    positions inside the explicitly padded frame (any number of spatial axes)."""
+    spatial = len(x_shape) - 2
+    k = list(attrs["kernel_shape"])
+    s = list(attrs.get("strides", [1] * spatial))
+    d = list(attrs.get("dilations", [1] * spatial))
+    pads = list(attrs.get("pads", [0] * (2 * spatial)))
+    windows = {}
+    for n, c, *o in itertools.product(*(range(v) for v in out_shape)):
+        members, count = [], 0
+        for kk in itertools.product(*(range(v) for v in k)):
+            pos = [o[a] * s[a] - pads[a] + kk[a] * d[a] for a in range(spatial)]
+            count += int(all(-pads[a] <= p < x_shape[2 + a] + pads[a + spatial] for a, p in enumerate(pos)))
+            if all(0 <= p < x_shape[2 + a] for a, p in enumerate(pos)):
+                members.append(int(np.ravel_multi_index((n, c, *pos), x_shape)))
+        windows[int(np.ravel_multi_index((n, c, *o), out_shape))] = (members, count)
+    return windows
+
+
 def pool_windows(x_shape, out_shape, attrs):
     """For each output position (n, c, oh, ow): the in-range input positions of its window in row-major order, and
     the count of window positions inside the explicitly padded frame."""
@@ -285,23 +306,19 @@ def pool_windows(x_shape, out_shape, attrs):
     if attrs.get("auto_pad") == "SAME_UPPER":  # total = (out−1)·s + k − size, the smaller half first
         tot = [max(0, (o4[2 + a] - 1) * s[a] + (k[a] - 1) * d[a] + 1 - x4[2 + a]) for a in range(2)]
         pads = [tot[0] // 2, tot[1] // 2, tot[0] - tot[0] // 2, tot[1] - tot[1] // 2]
-    pt, pl, pb, pr = ([0, pads[0], 0, pads[1]] if one_d else pads)
-    windows = {}
-    for n, c, oh, ow in itertools.product(*(range(v) for v in o4)):
-        members, count = [], 0
-        for kh, kw in itertools.product(range(k[0]), range(k[1])):
-            ih, iw = oh * s[0] - pt + kh * d[0], ow * s[1] - pl + kw * d[1]
-            count += int(-pt <= ih < x4[2] + pb and -pl <= iw < x4[3] + pr)
-            if 0 <= ih < x4[2] and 0 <= iw < x4[3]:
-                members.append(int(np.ravel_multi_index((n, c, ih, iw), x4)))
-        windows[int(np.ravel_multi_index((n, c, oh, ow), o4))] = (members, count)
-    return windows
+    pads = [0, pads[0], 0, pads[1]] if one_d else pads
+    return pool_windows_nd(x4, o4, dict(kernel_shape=k, strides=s, dilations=d, pads=pads))
 
 
 @pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 @pytest.mark.parametrize("case", list(POOL_CASES))
 def test_max_pool(case, lowered, make_model, backprop):
-    c = POOL_CASES[case]
+    check_max_pool(POOL_CASES[case], lowered, make_model, backprop)
+
+
+def check_max_pool(c, lowered, make_model, backprop):
+    """MaxPool (1, 2 or 3 spatial axes), rule by rule or lowered: EB and grad both route each output's signal to the
+    first maximum of its window."""
     x = f32(*c["x"], low=-1)
     x.ravel()[1::5] = x.ravel()[::5][:x.ravel()[1::5].size]  # ties: the first maximum in row-major order wins
     model = make_model([helper.make_node("MaxPool", ["x"], ["y"], **c["attrs"])], {"x": list(x.shape)}, ["y"],
@@ -309,7 +326,7 @@ def test_max_pool(case, lowered, make_model, backprop):
     y = forward(model, {"x": x})[0]
     p = RNG.uniform(-1, 1, y.shape)
     ref = np.zeros(x.size)
-    for j, (members, _) in pool_windows(x.shape, y.shape, c["attrs"]).items():
+    for j, (members, _) in (pool_windows_nd if x.ndim == 5 else pool_windows)(x.shape, y.shape, c["attrs"]).items():
         best = members[0]
         for i in members[1:]:
             best = i if x.ravel()[i] > x.ravel()[best] else best
@@ -361,22 +378,39 @@ def test_average_pool_eb_guard_non_positive_sum(make_model, backprop):
 
 @pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
 def test_global_pools(lowered, make_model, backprop):
-    x = f32(2, 3, 4, 5)
+    check_global_pools((2, 3, 4, 5), lowered, make_model, backprop)
+
+
+def check_edges(model, x, edges, p, lowered, backprop):
+    """A one-input model that is linear in ``x`` with the weights ``edges``: its forward is the edges' sums, EB with
+    the top signal ``p`` is Eq. 8 over the edges and grad their transpose (rule by rule or ``lowered``)."""
+    close(edge_forward({"x": x}, edges, p.shape), forward(model, {"x": x})[0])
+    for mode, reference in (("eb", eq8), ("grad", transposed)):
+        got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
+        close(got["x"], reference({"x": x}, edges, p)["x"])
+        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == lowered
+
+
+def check_global_pools(shape, lowered, make_model, backprop):
+    """GlobalAveragePool (Eq. 8 with unit weights; grad: the mean's transpose) and GlobalMaxPool (the first maximum
+    takes the signal) over every spatial axis, rule by rule or lowered."""
+    x = f32(*shape)
     x[0, 1] = 0  # a channel with zero sum passes nothing in EB
-    p = RNG.uniform(-1, 1, (2, 3, 1, 1))
+    p = RNG.uniform(-1, 1, shape[:2] + (1,) * (len(shape) - 2))
     avg = make_model([helper.make_node("GlobalAveragePool", ["x"], ["y"])], {"x": list(x.shape)}, ["y"])
-    windows = {j: list(range(j * 20, j * 20 + 20)) for j in range(6)}
-    edges = [(j, "x", i, 1 / 20) for j, members in windows.items() for i in members]
-    close(edge_forward({"x": x}, edges, p.shape), forward(avg, {"x": x})[0])
-    close(backprop(avg, {"x": x}, p, "eb", lowered=lowered)[0]["x"], eq8({"x": x}, edges, p)["x"])
-    close(backprop(avg, {"x": x}, p, "grad", lowered=lowered)[0]["x"], transposed({"x": x}, edges, p)["x"])
-    x[1, 2, 0, :2] = 0.5  # a tie: the first maximum wins
+    size = math.prod(shape[2:])
+    windows = {j: list(range(j * size, j * size + size)) for j in range(shape[0] * shape[1])}
+    edges = [(j, "x", i, 1 / size) for j, members in windows.items() for i in members]
+    check_edges(avg, x, edges, p, lowered, backprop)
+    x[1, 2].flat[:2] = 0.5  # a tie: the first maximum wins
     mx = make_model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], {"x": list(x.shape)}, ["y"])
     ref = np.zeros(x.size)
     for j, members in windows.items():
         ref[members[int(np.argmax(x.ravel()[members]))]] = p.ravel()[j]
     for mode in ("eb", "grad"):
-        close(backprop(mx, {"x": x}, p, mode, lowered=lowered)[0]["x"], ref.reshape(x.shape))
+        got, ctx = backprop(mx, {"x": x}, p, mode, lowered=lowered)
+        close(got["x"], ref.reshape(x.shape))
+        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == lowered
 
 
 # -- ReLU family ------------------------------------------------------------------------------------------------
@@ -697,13 +731,19 @@ def test_routing(case, lowered, make_model, backprop):
     nodes, shape, inits, opset = ROUTING_CASES[case]
     model = make_model(nodes, {"x": list(shape)}, ["y"], inits, opset=opset)
     x = f32(*shape, low=-1)
+    check_routed(model, x, lowered, lowered and nodes[0].op_type in LOWERED_ROUTING, backprop)
+
+
+def check_routed(model, x, lowered, expect_lowered, backprop):
+    """A routing model of ``x``: EB and grad both give ``x`` the top signal routed back (``routed``); whether the
+    walk ran lowered is ``expect_lowered``."""
     y = forward(model, {"x": x})[0]
     p = RNG.uniform(-1, 1, y.shape)
     ref = routed(model, {"x": x}, "x", {"y": p})
     for mode in ("eb", "grad"):
         got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
         close(got["x"], ref)
-        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == (lowered and nodes[0].op_type in LOWERED_ROUTING)
+        assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == expect_lowered
 
 
 SPLIT_CASES = {
@@ -735,3 +775,207 @@ def test_fan_out_sums_over_consumers(make_model, backprop):
     p = RNG.uniform(-1, 1, (2, 3))
     close(backprop(model, {"x": x}, p, "grad")[0]["x"], 2 * p)
     close(backprop(model, {"x": x}, p, "eb")[0]["x"], p)
+
+
+# -- 3-D (video) ops: Conv, pooling, global pools and reductions over (T, H, W), BatchNorm, gates ---------------
+CONV3D_CASES = {
+    "3x3x3_pad1": dict(x=(1, 2, 4, 5, 5), w=(3, 2, 3, 3, 3), attrs=dict(pads=[1] * 6)),
+    "stride_t2_asym_pads": dict(x=(2, 2, 5, 6, 5), w=(3, 2, 3, 2, 3), attrs=dict(strides=[2, 1, 2],
+                                                                                  pads=[1, 0, 1, 0, 1, 1])),
+    "dilation": dict(x=(1, 2, 5, 5, 5), w=(2, 2, 2, 2, 2), attrs=dict(dilations=[2, 1, 2], pads=[1, 0, 1, 1, 0, 1])),
+    "groups_spatial_1x3x3": dict(x=(1, 4, 3, 4, 4), w=(6, 2, 1, 3, 3), attrs=dict(group=2, pads=[0, 1, 1, 0, 1, 1])),
+    "depthwise_3x3x3": dict(x=(1, 3, 4, 4, 4), w=(3, 1, 3, 3, 3), attrs=dict(group=3, pads=[1] * 6)),
+    "temporal_3x1x1_stride2": dict(x=(1, 2, 7, 3, 3), w=(4, 2, 3, 1, 1), attrs=dict(strides=[2, 1, 1],
+                                                                                     pads=[1, 0, 0, 1, 0, 0])),
+    "lateral_5x1x1_stride4": dict(x=(1, 2, 8, 2, 2), w=(3, 2, 5, 1, 1), attrs=dict(strides=[4, 1, 1],
+                                                                                    pads=[2, 0, 0, 2, 0, 0])),
+    "same_upper": dict(x=(1, 2, 4, 5, 5), w=(2, 2, 2, 3, 4), attrs=dict(auto_pad="SAME_UPPER")),
+}
+
+
+def _resolved_pads(c):
+    """The pads of a case, SAME_UPPER resolved (the smaller half first), and its strides and dilations."""
+    spatial = len(c["x"]) - 2
+    attrs = c["attrs"]
+    strides, dilations = attrs.get("strides", [1] * spatial), attrs.get("dilations", [1] * spatial)
+    pads = list(attrs.get("pads", [0] * (2 * spatial)))
+    if attrs.get("auto_pad") == "SAME_UPPER":
+        kernel = c["w"][2:]
+        for a in range(spatial):
+            out = -(-c["x"][2 + a] // strides[a])
+            total = max(0, (out - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - c["x"][2 + a])
+            pads[a], pads[a + spatial] = total // 2, total - total // 2
+    return strides, pads, dilations
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+@pytest.mark.parametrize("mode", ["eb", "grad"])
+@pytest.mark.parametrize("case", list(CONV3D_CASES))
+def test_conv3d(case, mode, lowered, make_model, backprop):
+    c = CONV3D_CASES[case]
+    x, w, b = f32(*c["x"]), f32(*c["w"], low=-1), f32(c["w"][0], low=-1)
+    x.ravel()[::7] = 0
+    model = make_model([helper.make_node("Conv", ["x", "w", "b"], ["y"], **c["attrs"])], {"x": list(x.shape)}, ["y"],
+                       {"w": w, "b": b})
+    strides, pads, dilations = _resolved_pads(c)
+    edges, out_shape = conv_edges(x.shape, w, strides, pads, dilations, c["attrs"].get("group", 1))
+    y = forward(model, {"x": x})[0]
+    close(edge_forward({"x": x}, edges, out_shape) + b.reshape(1, -1, 1, 1, 1), y)
+    p = RNG.uniform(-1, 1, y.shape)
+    got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
+    close(got["x"], (eq8 if mode == "eb" else transposed)({"x": x}, edges, p)["x"])
+    assert lowered == bool(ctx.kernels and ctx.kernels.holds("lowered"))
+
+
+def test_conv3d_rule_on_onnxruntime_kernels(make_model):
+    """The float32 rule path (not lowered) runs a 3-D Conv's two convolutions as onnxruntime kernels; with negative
+    inputs it uses the positive-contribution rule (a warning names the node)."""
+    from ebr_onnx import Explainer
+
+    w = f32(3, 2, 3, 3, 3, low=-1)
+    fw = f32(3 * 2 * 3 * 3, 4, low=-1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[2, 1, 1], name="conv3d"),
+             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("MatMul", ["f", "fw"], ["y"])]
+    model = make_model(nodes, {"x": [2, 2, 6, 5, 5]}, ["y"], {"w": w, "fw": fw})
+    x = f32(2, 2, 6, 5, 5, low=-1)
+    got = Explainer(model, lowering=False).explain(x, target=1, method="eb")
+    ref = Explainer(model, dtype=np.float64).explain(x, target=1, method="eb")
+    close(got.signal, ref.signal.astype(np.float32), rtol=1e-4)
+    assert any("'conv3d'" in w for w in got.warnings)
+
+
+POOL3D_CASES = {
+    "3d_2x2x2_s2": dict(x=(1, 2, 4, 6, 6), attrs=dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2])),
+    "3d_1x2x2_spatial_only": dict(x=(2, 2, 3, 4, 4), attrs=dict(kernel_shape=[1, 2, 2], strides=[1, 2, 2])),
+    "3d_3x3x3_s2_pad1_overlapping": dict(x=(1, 2, 5, 5, 5), attrs=dict(kernel_shape=[3, 3, 3], strides=[2, 2, 2],
+                                                                        pads=[1] * 6)),
+    "3d_ceil_mode_pads": dict(x=(1, 2, 5, 6, 7), attrs=dict(kernel_shape=[2, 3, 3], strides=[2, 2, 2],
+                                                             pads=[0, 1, 1, 0, 1, 1], ceil_mode=1)),
+    "3d_ceil_mode_disjoint": dict(x=(1, 1, 5, 5, 3), attrs=dict(kernel_shape=[2, 2, 1], strides=[2, 2, 1],
+                                                                 ceil_mode=1)),
+    "3d_dilation": dict(x=(1, 1, 5, 4, 5), attrs=dict(kernel_shape=[2, 2, 2], dilations=[2, 1, 2]), opset=19),
+}
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+@pytest.mark.parametrize("case", list(POOL3D_CASES))
+def test_max_pool3d(case, lowered, make_model, backprop):
+    check_max_pool(POOL3D_CASES[case], lowered, make_model, backprop)
+
+
+AVERAGE_LOWERED_CASES = {**{k: v for k, v in POOL_CASES.items() if len(v["x"]) == 4}, **POOL3D_CASES}
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+@pytest.mark.parametrize("include_pad", [0, 1])
+@pytest.mark.parametrize("case", list(AVERAGE_LOWERED_CASES))
+def test_average_pool_nd(case, include_pad, lowered, make_model, backprop):
+    """AveragePool on 2 and 3 spatial axes, rule by rule and lowered (a depthwise convolution by ones and its
+    transpose, the end pads grown over the ceil_mode overhang)."""
+    c = AVERAGE_LOWERED_CASES[case]
+    attrs = {**c["attrs"], "count_include_pad": include_pad}
+    x = f32(*c["x"], low=0.05)
+    x.ravel()[::9] = 0
+    model = make_model([helper.make_node("AveragePool", ["x"], ["y"], **attrs)], {"x": list(x.shape)}, ["y"],
+                       opset=c.get("opset", 17))
+    y = forward(model, {"x": x})[0]
+    windows = pool_windows_nd(x.shape, y.shape, attrs) if x.ndim == 5 else pool_windows(x.shape, y.shape, attrs)
+    mean = [(j, "x", i, 1.0 / (count if include_pad else len(members)))
+            for j, (members, count) in windows.items() for i in members]
+    check_edges(model, x, mean, RNG.uniform(-1, 1, y.shape), lowered, backprop)
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+def test_global_pools_5d(lowered, make_model, backprop):
+    check_global_pools((2, 3, 2, 3, 4), lowered, make_model, backprop)
+
+
+REDUCE_THW_CASES = {
+    "ReduceMean_thw_keepdims_opset13": ("ReduceMean", dict(axes=[2, 3, 4], keepdims=1), None, 13),
+    "ReduceMean_thw_opset18_input": ("ReduceMean", dict(keepdims=0), np.array([-3, -2, -1], np.int64), 18),
+    "ReduceSum_hw_opset13": ("ReduceSum", dict(keepdims=1), np.array([3, 4], np.int64), 13),
+}
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+@pytest.mark.parametrize("case", list(REDUCE_THW_CASES))
+def test_reduce_over_time_and_space(case, lowered, make_model, backprop):
+    op, attrs, axes, opset = REDUCE_THW_CASES[case]
+    x = f32(2, 3, 2, 3, 2)
+    x[1, 0] = 0
+    inputs, inits = (["x", "axes"], {"axes": axes}) if axes is not None else (["x"], {})
+    model = make_model([helper.make_node(op, inputs, ["y"], **attrs)], {"x": list(x.shape)}, ["y"], inits,
+                       opset=opset)
+    y = forward(model, {"x": x})[0]
+    reduced = [a % 5 for a in (attrs.get("axes") if axes is None else axes)]
+    weight = 1.0 / math.prod(x.shape[a] for a in reduced) if op == "ReduceMean" else 1.0
+    kept_shape = tuple(1 if a in reduced else s for a, s in enumerate(x.shape))
+    edges = [(int(np.ravel_multi_index(tuple(0 if a in reduced else v for a, v in enumerate(i)), kept_shape)), "x",
+              int(np.ravel_multi_index(i, x.shape)), weight) for i in itertools.product(*(range(s) for s in x.shape))]
+    check_edges(model, x, edges, RNG.uniform(-1, 1, y.shape), lowered, backprop)
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+@pytest.mark.parametrize("mode", ["eb", "grad"])
+def test_batch_normalization_5d(mode, lowered, make_model, backprop):
+    x = f32(2, 3, 2, 3, 3, low=-1)
+    stats = {"g": f32(3, low=-2, high=2), "be": f32(3), "mu": f32(3), "var": f32(3, low=0.5, high=2)}
+    model = make_model([helper.make_node("BatchNormalization", ["x", "g", "be", "mu", "var"], ["y"], epsilon=1e-3)],
+                       {"x": list(x.shape)}, ["y"], stats)
+    p = RNG.uniform(-1, 1, x.shape)
+    scale = (stats["g"] / np.sqrt(stats["var"].astype(np.float64) + 1e-3)).reshape(1, 3, 1, 1, 1)
+    got, ctx = backprop(model, {"x": x}, p, mode, lowered=lowered)
+    close(got["x"], p if mode == "eb" else p * scale)
+    assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == lowered
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+def test_squeeze_excitation_gate(lowered, make_model, backprop):
+    """``y = x ⊙ σ(s)`` with ``s`` (N, C, 1, 1, 1) broadcast over (T, H, W): EB gives x the whole signal and the gate
+    none; grad is the product rule (finite differences), the gate's part summed over (T, H, W)."""
+    x, s = f32(2, 3, 2, 3, 3, low=-1), f32(2, 3, 1, 1, 1, low=-2, high=2)
+    nodes = [helper.make_node("Sigmoid", ["s"], ["g"]), helper.make_node("Mul", ["x", "g"], ["y"])]
+    model = make_model(nodes, {"x": list(x.shape), "s": list(s.shape)}, ["y"])
+    feeds = {"x": x, "s": s}
+    p = RNG.uniform(-1, 1, x.shape)
+    got, ctx = backprop(model, feeds, p, "eb", lowered=lowered)
+    close(got["x"], p)
+    close(got["s"], np.zeros(s.shape))
+    assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == lowered
+    got, ctx = backprop(model, feeds, p, "grad", lowered=lowered)
+    for name in feeds:
+        close(got[name], finite_difference(model, feeds, name, p))
+    assert bool(ctx.kernels and ctx.kernels.holds("lowered")) == lowered
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+def test_swish(lowered, make_model, backprop):
+    """SiLU/Swish ``x ⊙ σ(x)``: EB gives x the whole signal (the gate is a weight); grad: the derivative."""
+    x = f32(1, 2, 2, 3, 3, low=-3, high=3)
+    model = make_model([helper.make_node("Sigmoid", ["x"], ["g"]), helper.make_node("Mul", ["x", "g"], ["y"])],
+                       {"x": list(x.shape)}, ["y"])
+    p = RNG.uniform(-1, 1, x.shape)
+    got, ctx = backprop(model, {"x": x}, p, "eb", lowered=lowered)
+    close(got["x"], p)
+    assert not ctx.warnings
+    got, _ = backprop(model, {"x": x}, p, "grad", lowered=lowered)
+    close(got["x"], finite_difference(model, {"x": x}, "x", p))
+
+
+SLICE_TIME_CASES = {
+    "time_step4": ({"st": _i64(0), "en": _i64(2**62), "ax": _i64(2), "sp": _i64(4)}, (2, 3, 9, 2, 2)),
+    "time_step3_offset_and_width": ({"st": _i64(1, 1), "en": _i64(8, -1), "ax": _i64(2, 4), "sp": _i64(3, 1)},
+                                    (1, 2, 8, 2, 5)),
+    "negative_start": ({"st": _i64(-5), "en": _i64(2**62), "ax": _i64(-3), "sp": _i64(2)}, (1, 2, 7, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("lowered", [False, True], ids=["rules", "lowered"])
+@pytest.mark.parametrize("case", list(SLICE_TIME_CASES))
+def test_slice_along_time(case, lowered, make_model, backprop):
+    """A slow pathway's frames picked every k-th (SlowFast): the lowered Slice spreads the signal back."""
+    inits, shape = SLICE_TIME_CASES[case]
+    model = make_model([helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])], {"x": list(shape)}, ["y"],
+                       inits, opset=13)
+    x = f32(*shape, low=-1)
+    check_routed(model, x, lowered, lowered, backprop)

@@ -184,15 +184,18 @@ def test_batch_of_clips_each_normalised_on_its_own(tmp_path):
     np.testing.assert_allclose(ebr.maps[1], single.maps, rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("head", ["Sigmoid", "LogSoftmax", "Identity", "Softmax"])
+@pytest.mark.parametrize("head", ["Sigmoid", "LogSoftmax", "Identity", "Softmax", "ArgMax"])
 def test_output_heads_are_looked_through(tiny_cnn, head):
     """The prior sits on the pre-activation logits; ceb finds the classifier through the head."""
     plain = onnx.ModelProto()
     plain.CopyFrom(tiny_cnn)
     headed = onnx.ModelProto()
     headed.CopyFrom(tiny_cnn)
-    headed.graph.node.append(onnx.helper.make_node(head, ["y"], ["out"], name="head"))
+    headed.graph.node.append(onnx.helper.make_node(head, ["y"], ["out"], name="head",
+                                                   **({"axis": 1} if head == "ArgMax" else {})))
     headed.graph.output[0].name = "out"
+    if head == "ArgMax":                                    # the decision itself, int64
+        headed.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
     x = np.random.default_rng(4).random((2, 3, 4, 4)).astype(np.float32)
     ex = Explainer(headed)
     assert ex.logits_tensor() == "y"

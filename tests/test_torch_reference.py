@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import io
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,7 +19,6 @@ from ebr_onnx.app.inspect import describe
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
-STUBS = Path(__file__).parent / "stubs"
 
 
 # -- an independent EB in PyTorch ---------------------------------------------------------------------------------
@@ -321,19 +318,6 @@ def test_lrn_grad_matches_autograd(size, make_model, backprop):
 
 
 # -- zennit (optional) ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def zennit():
-    """zennit imports torchvision at import time: a stub of the two names it reads is put on the path here."""
-    sys.path.insert(0, str(STUBS))
-    try:
-        return pytest.importorskip("zennit")
-    finally:
-        sys.path.remove(str(STUBS))
-        for name, module in list(sys.modules.items()):
-            if name.split(".")[0] == "torchvision" and str(STUBS) in str(getattr(module, "__file__", "")):
-                del sys.modules[name]
-
-
 class _ZennitOps(Plain):
     """Sums as zennit sees them: stacked operands through a ``Sum`` module (one module per Add: hooks keep state)."""
 

@@ -12,7 +12,7 @@ import onnx
 
 from . import layers, lstm  # noqa: F401  (importing them registers their converters)
 from .errors import CaffeConversionError, CaffeConversionWarning
-from .graph import GraphBuilder
+from .graph import GraphBuilder, LstmState
 from .naming import BlobNames
 from .netspec import drop_output_layers, test_phase, upgrade_inputs, with_frames
 from .parse import read_caffemodel, read_prototxt
@@ -44,13 +44,36 @@ def _clip_marker_defaults(graph: GraphBuilder) -> dict[str, list]:
     return defaults
 
 
+@dataclass(frozen=True)
+class ConvertedLayer:
+    """One Caffe layer in the ONNX graph: the tensor of each bottom and top (Caffe's order; an in-place top is the
+    version this layer writes, see ``naming``) and the indices of the nodes it emitted, in graph order."""
+
+    name: str
+    type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConvertedNet:
+    """``convert_net``'s result: the model, its layers in net order (training-only layers left out) and the state
+    tensors of each LSTM layer."""
+
+    model: onnx.ModelProto
+    layers: tuple[ConvertedLayer, ...]
+    lstm_states: dict[str, LstmState]
+
+
 @dataclass
 class _Built:
-    """A converted net: the graph, its output tensors and the notes its layers recorded."""
+    """A converted net: the graph, its output tensors, the notes its layers recorded and the layers."""
 
     graph: GraphBuilder
     outputs: list[str]
     notes: list[str]
+    layers: list[ConvertedLayer]
 
 
 def _build(net: NetParameter, weights: WeightSource, options: Options, source: str) -> _Built:
@@ -61,6 +84,7 @@ def _build(net: NetParameter, weights: WeightSource, options: Options, source: s
     graph = GraphBuilder(names.all_versions())
     notes: list[str] = []
     consumed: set[str] = set()
+    built: list[ConvertedLayer] = []
     for index, (layer, convert_layer) in enumerate(zip(kept, converters)):
         inputs = [names.read(blob) for blob in layer.bottom]
         if None in inputs:
@@ -68,12 +92,15 @@ def _build(net: NetParameter, weights: WeightSource, options: Options, source: s
             raise CaffeConversionError(f"layer '{layer.name}' reads blob '{missing}', which no earlier layer produces")
         consumed.update(inputs)
         outputs = [names.write(index, top) for top in layer.top]
+        first = len(graph.nodes)
         convert_layer(LayerContext(layer, inputs, outputs, graph, weights, options, notes))
         graph.infer_shapes(layer.name)
+        built.append(ConvertedLayer(layer.name, layer.type, tuple(inputs), tuple(outputs),
+                                    tuple(range(first, len(graph.nodes)))))
     if not graph.inputs:
         raise CaffeConversionError(f"{source}: the net declares no inputs (Input, DummyData or input/input_shape)")
     outputs = [t for t in names.final().values() if t not in consumed and t not in graph.inputs]
-    return _Built(graph, outputs, notes)
+    return _Built(graph, outputs, notes, built)
 
 
 def _lstm_steps(net: NetParameter, options: Options, source: str) -> int | None:
@@ -94,6 +121,20 @@ def _streams(graph: GraphBuilder) -> int | None:
     if len(steps) != 1 or frames % next(iter(steps)):
         return None
     return frames // next(iter(steps))
+
+
+def convert_net(net: NetParameter, weights: WeightSource, *, lstm_activation: str = "relu",
+                source: str = "net") -> ConvertedNet:
+    """Convert ``net`` as given (the caller has chosen its phase, upgraded legacy inputs and rewritten it: pycaffe's
+    interface in ``ebr_onnx.compat`` adds Caffe's Split layers) layer by layer, with parameter blobs from ``weights``;
+    the model carries no metadata. Raises ``CaffeConversionError`` as :func:`convert_caffe` does."""
+    if lstm_activation not in lstm.ACTIVATIONS:
+        raise CaffeConversionError(f"lstm_activation must be one of {sorted(lstm.ACTIVATIONS)}")
+    built = _build(net, weights, Options(lstm_activation=lstm_activation), source)
+    for note in built.notes:
+        warnings.warn(note, CaffeConversionWarning, stacklevel=2)
+    model = built.graph.model(built.outputs, {f"{METADATA_PREFIX}source": "caffe"}, net.name or "net")
+    return ConvertedNet(model, tuple(built.layers), dict(built.graph.lstm_states))
 
 
 def convert_caffe(

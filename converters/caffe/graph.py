@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -11,6 +13,17 @@ from .errors import CaffeConversionError
 OPSET = 17
 #: Ops that only move values: a clip-marker input may reach an LSTM through them.
 _ROUTING_OPS = {"Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"}
+
+
+@dataclass(frozen=True)
+class LstmState:
+    """The tensors of an LSTM layer's hidden state: the initial ``h``/``c`` (zero initializers) and the last step's
+    ``h``/``c`` (what Caffe copies into the initial state on the next forward)."""
+
+    h0: str
+    c0: str
+    h_last: str
+    c_last: str
 
 
 class GraphBuilder:
@@ -29,6 +42,8 @@ class GraphBuilder:
         self.clip_markers: list[str] = []
         #: Each LSTM layer's step count T (the first dim of its input).
         self.lstm_steps: dict[str, int] = {}
+        #: Each LSTM layer's state tensors.
+        self.lstm_states: dict[str, LstmState] = {}
 
     def fresh(self, name: str) -> str:
         """``name``, or ``name_1``, ``name_2`` … if a Caffe blob or an earlier tensor already uses it."""

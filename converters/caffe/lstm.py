@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fillers import constant
+from .graph import LstmState
 from .registry import LayerContext, converter
 from .weights import BlobSpec, prototxt_filler
 
@@ -68,7 +69,7 @@ def lstm(ctx: LayerContext) -> None:
     x_transform = ctx.node("Add", [x_mm, ctx.const("b_c", b_c)], suffix="x_transform")
     axes0, axes1 = ctx.const("axes_0", np.array([0], np.int64)), ctx.const("axes_1", np.array([1], np.int64))
     zeros = np.zeros((batch, hidden), np.float32)
-    h, c = ctx.const("h_-1", zeros), ctx.const("c_-1", zeros)
+    h, c = h0, c0 = ctx.const("h_-1", zeros), ctx.const("c_-1", zeros)
     hs = []
     for t in range(steps):
         node = _Step(ctx, t)
@@ -89,3 +90,4 @@ def lstm(ctx: LayerContext) -> None:
     ctx.node("Concat", hs, axis=0)
     ctx.graph.clip_markers.append(cont)
     ctx.graph.lstm_steps[ctx.name] = steps
+    ctx.graph.lstm_states[ctx.name] = LstmState(h0, c0, h, c)

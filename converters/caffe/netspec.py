@@ -7,33 +7,40 @@ from collections.abc import Iterable
 from .errors import CaffeConversionError
 from .schema import BlobShape, LayerParameter, NetParameter, Phase
 
-_TEST = Phase.values_by_name["TEST"].number
 
-
-def _rule_matches(rule) -> bool:
-    """A NetStateRule matches Caffe's TEST state (level 0, no stages) when all its conditions hold."""
+def _rule_matches(rule, phase: int, level: int, stages: frozenset[str]) -> bool:
+    """Caffe's ``Net::StateMeetsRule``: the rule's phase, level range, stages (all present) and not-stages (none
+    present) hold for the net state (``phase``, ``level``, ``stages``)."""
     return (
-        (not rule.HasField("phase") or rule.phase == _TEST)
-        and (not rule.HasField("min_level") or rule.min_level <= 0)
-        and (not rule.HasField("max_level") or rule.max_level >= 0)
-        and not rule.stage
+        (not rule.HasField("phase") or rule.phase == phase)
+        and (not rule.HasField("min_level") or rule.min_level <= level)
+        and (not rule.HasField("max_level") or rule.max_level >= level)
+        and all(stage in stages for stage in rule.stage)
+        and not any(stage in stages for stage in rule.not_stage)
     )
 
 
-def _in_test_phase(layer: LayerParameter) -> bool:
-    """Caffe's ``Net::StateMeetsRule``: include rules need one match, exclude rules need none."""
+def _in_state(layer: LayerParameter, phase: int, level: int, stages: frozenset[str]) -> bool:
+    """Caffe's ``Net::FilterNet``: include rules need one match, exclude rules need none."""
     if layer.include:
-        return any(_rule_matches(rule) for rule in layer.include)
-    return not any(_rule_matches(rule) for rule in layer.exclude)
+        return any(_rule_matches(rule, phase, level, stages) for rule in layer.include)
+    return not any(_rule_matches(rule, phase, level, stages) for rule in layer.exclude)
+
+
+def in_state(net: NetParameter, phase: str = "TEST", level: int = 0, stages: Iterable[str] = ()) -> NetParameter:
+    """Keep the layers Caffe instantiates in this net state (pycaffe's ``caffe.TEST``/``caffe.TRAIN``, ``level``,
+    ``stages``)."""
+    number, wanted = Phase.values_by_name[phase].number, frozenset(stages)
+    out = NetParameter()
+    out.CopyFrom(net)
+    del out.layer[:]
+    out.layer.extend(layer for layer in net.layer if _in_state(layer, number, level, wanted))
+    return out
 
 
 def test_phase(net: NetParameter) -> NetParameter:
     """Keep the layers Caffe instantiates in the TEST phase (pycaffe's ``caffe.TEST``)."""
-    out = NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    out.layer.extend(layer for layer in net.layer if _in_test_phase(layer))
-    return out
+    return in_state(net, "TEST")
 
 
 def _legacy_shapes(net: NetParameter) -> list[list[int]]:

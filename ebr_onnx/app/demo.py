@@ -21,8 +21,9 @@ from .preprocess import prepare
 from .synthetic import CLASS_NAMES, ConcatenatedClip, make_concatenated
 from .video import write_video
 
-#: The bundled model (``models/`` beside the package in a source checkout, as README's install gives).
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "action_lstm.onnx"
+#: The bundled model (``models/`` beside the package in a source checkout, as README's install gives): the LRCN-style
+#: CNN + ReLU-LSTM classified at every step, trained on clips of up to 128 frames (``models/README.md``).
+BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "action_lrcn.onnx"
 DEMO_FPS = 8.0
 #: Seeds tried by the default rule before giving up.
 SEARCHED_SEEDS = 100
@@ -31,7 +32,7 @@ SEARCHED_SEEDS = 100
 def bundled_model() -> Path:
     if not BUNDLED_MODEL.is_file():
         raise EbrError(f"the bundled model {str(BUNDLED_MODEL)!r} is missing: install from a source checkout "
-                       "(pip install -e .) or retrain it with models/train_action_model.py")
+                       "(pip install -e .) or retrain it with models/train_lrcn_model.py")
     return BUNDLED_MODEL
 
 
@@ -48,7 +49,7 @@ def default_seed(ex: Explainer, T: int) -> int:
         if int(np.argmax(ex.predict(x).reshape(T, -1)[-1])) == clip.gt_class:
             return seed
     raise EbrError(f"the bundled model classifies none of the demo videos of seeds 0–{SEARCHED_SEEDS - 1} "
-                   "correctly: retrain it (models/train_action_model.py)")
+                   "correctly: retrain it (models/train_lrcn_model.py)")
 
 
 def run_demo(out: Path, seed: int | None = None, method: str = "cebr", quiet: bool = False) -> int:

@@ -14,8 +14,10 @@ import onnx
 from ..core import registry
 from ..core.errors import EbrError
 from ..core.ops import MAP_LAYER_OPS
+from ..core.receptive import GLOBAL_OPS, REDUCE_OPS, WINDOW_OPS
 from ..core.targets import dual_nodes, logits_below
 from ..explainer import Explainer
+from ..methods.volume import VolumeLayout, shortest_clip, volume_fields, volume_layout
 from ..recurrent.frames import input_time_axis
 from ..recurrent.plan import build_plan
 
@@ -99,13 +101,40 @@ def describe(model: str | Path | onnx.ModelProto | Explainer, input_shape: Seque
         report["recommended_map_layer"] = recorded
     report["lowered_on_cpu"] = _lowered_run(ex, path)
     report.update(_test_run(ex, input_shape, parts is not None))
+    layout = volume_layout(graph, ex.input_name)
+    if layout is not None:
+        report["video_cnn"] = _video_cnn(ex, layout, path, tuple(report["run"]["input_shape"]))
+    return report
+
+
+def _video_cnn(ex: Explainer, layout: VolumeLayout, path: list, shape: tuple[int, ...]) -> dict[str, Any]:
+    """A 3-D CNN's clip layout, and for each window op (Conv, pooling) on the signal path its time stride (the
+    product of the strides up to it), its temporal receptive field and its length in time for the test clip."""
+    trace = volume_fields(ex.graph, layout, shape)
+    layers = []
+    for node in path:
+        field = next((f for f in trace.fields.get(node.outputs[0], {}).values() if f.input_axis == layout.time_axis),
+                     None)
+        if field is not None and node.op_type in WINDOW_OPS | GLOBAL_OPS | REDUCE_OPS:
+            whole = node.op_type not in WINDOW_OPS  # pooled or reduced over the whole clip
+            layers.append({"tensor": node.outputs[0], "op_type": node.op_type,
+                           "time_stride": None if whole else field.stride, "time_field": field.size,
+                           "frames": field.length})
+    report = {"kind": "3-D CNN", "input": layout.input_name, "layout": layout.describe(),
+              "time_axis": layout.time_axis, "channel_axis": layout.channel_axis,
+              "clip_frames": shape[layout.time_axis], "declared_frames": layout.frames(),
+              "shortest_clip": shortest_clip(ex.graph, layout, shape), "layers": layers}
+    if trace.shortfall is not None:
+        report["problem"] = (f"{trace.shortfall.op_type} node {trace.shortfall.node!r} gets {trace.shortfall.length} "
+                             f"positions for a window of {trace.shortfall.reach}")
     return report
 
 
 def _test_input_shape(ex: Explainer) -> tuple[int, ...]:
     declared = ex.graph.shapes.get(ex.input_name) or ()
     recorded = ex.graph.metadata_json("ebr_onnx.frames")
-    first = int(recorded) if recorded else 1
+    video = volume_layout(ex.graph, ex.input_name) is not None  # a 3-D CNN: axis 0 holds clips, not frames
+    first = int(recorded) if recorded and not video else 1
     return tuple(d if isinstance(d, int) and d > 0 else (first if i == 0 else int(recorded or FREE_DIM))
                  for i, d in enumerate(declared))
 
@@ -207,7 +236,22 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("candidate map layers (last 8): " + ", ".join(f"{m['tensor']} {m['shape']}" for m in layers))
     if "recommended_map_layer" in report:
         lines.append(f"recommended map layer: {report['recommended_map_layer']}")
+    if "video_cnn" in report:
+        lines.append(_format_video(report["video_cnn"]))
     lowered = report["lowered_on_cpu"]
     lines.append(f"run as one onnxruntime graph on the CPU: {lowered['nodes']} nodes, {lowered['first']} … "
                  f"{lowered['last']}" if lowered else "run as one onnxruntime graph on the CPU: none (rule by rule)")
     return "\n".join(lines)
+
+
+def _format_video(video: dict[str, Any]) -> str:
+    """The 3-D CNN line: layout, time axis, the time stride (temporal field, frames kept) of each layer."""
+    layers = ", ".join(
+        f"{m['tensor']} " + (f"x{m['time_stride']}" if m["time_stride"] else "whole clip")
+        + f" ({m['time_field']} frames seen, {m['frames']} kept)" for m in video["layers"])
+    shortest, fixed = video["shortest_clip"], video["declared_frames"]
+    need = (f"clips of {fixed} frames (declared)" if fixed else f"clips of at least {shortest} frames" if shortest
+            else "no clip length fits")
+    text = (f"3-D CNN, time axis {video['time_axis']} of input {video['input']!r} {video['layout']}; time stride of "
+            f"each layer for a clip of {video['clip_frames']} frames: {layers or 'none traced'}; {need}")
+    return text + (f" ({video['problem']})" if "problem" in video else "")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +32,7 @@ from ..core.result import ExplainResult
 from ..core.targets import cnn_scores, logits_below
 from ..explainer import Explainer
 from ..methods import RECURRENT_METHODS
+from ..methods.volume import VolumeLayout, volume_layout
 from .colour import ColourScale
 from .localize import peaks_to_frame_coords, spatial_peaks, temporal_segment
 from .outputs import Evidence, PictureWriter, atomic_path, picture_files, write_evidence, write_json, write_pictures
@@ -77,7 +78,10 @@ def clip_length(ex: Explainer, frames: int | None) -> int:
     if recorded:
         return int(recorded)
     dims = ex.graph.shapes.get(ex.input_name) or ()
-    if dims and isinstance(dims[0], int) and dims[0] > 0:
+    layout = volume_layout(ex.graph, ex.input_name)
+    if layout is not None and layout.frames():  # a 3-D CNN: its clip's time axis
+        return layout.frames()
+    if dims and isinstance(dims[0], int) and dims[0] > 0 and layout is None:
         return int(dims[0])
     raise EbrError("the model does not fix the clip length: pass --frames T")
 
@@ -111,6 +115,8 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
     check_out_dir(out)
     picture_files([], options.animations)   # checks the formats before any work
     ex = Explainer(model, labels=options.labels)
+    layout = volume_layout(ex.graph, ex.input_name)
+    options, notes = _for_volume(options, layout)
     spec = model_preprocess(ex.graph, options.preset, options.preprocess_overrides)
     T = clip_length(ex, options.frames)
     stride = options.stride or T
@@ -122,7 +128,8 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
 
     def inputs():
         for indices, frames in clips(source, T, stride):
-            yield indices, frames, *preprocess(frames, spec)
+            x, crop = preprocess(frames, spec)
+            yield indices, frames, x if layout is None else layout.arrange(x), crop
 
     target = options.target
     if target is None:
@@ -159,7 +166,7 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
         "clips": [{key: s[key] for key in ("clip", "frames", "segment_frames", "segment_seconds")}
                   for s in summaries],
         "files": ["evidence.png"] if options.pictures else [],
-        "warnings": list(dict.fromkeys(w for s in summaries for w in s["warnings"])),
+        "warnings": list(dict.fromkeys([*notes, *(w for s in summaries for w in s["warnings"])])),
     }
     if options.pictures:
         scale = ColourScale.robust([r.maps for r in results], signed=options.method in SIGNED_METHODS)
@@ -170,6 +177,20 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
                           "total": round(time.perf_counter() - started, 3)}
     write_evidence(out, whole, summary)
     return summary
+
+
+#: The CNN method a recurrent method name stands for on a 3-D CNN (no recurrence: the clip is one input).
+VOLUME_METHODS = {"ebr": "eb", "cebr": "ceb", "gradr": "grad"}
+
+
+def _for_volume(options: GroundOptions, layout: VolumeLayout | None) -> tuple[GroundOptions, list[str]]:
+    """On a 3-D CNN the recurrent methods run as their CNN counterparts (cebr → ceb …), with a note saying so."""
+    if layout is None or options.method not in VOLUME_METHODS:
+        return options, []
+    method = VOLUME_METHODS[options.method]
+    note = (f"the model is a 3-D CNN (input {layout.describe()}, no recurrence): method {options.method} runs as "
+            f"{method} on each clip")
+    return replace(options, method=method), [note]
 
 
 def _method_options(options: GroundOptions) -> dict[str, Any]:
@@ -213,7 +234,10 @@ def step_probabilities(ex: Explainer, logits: np.ndarray, time_axis: int | None,
 def _clip_results(ex: Explainer, res: ExplainResult, number: int, indices: np.ndarray, crop, source: VideoSource,
                   settings: dict) -> tuple[Evidence, dict[str, Any], np.ndarray]:
     """A clip's :class:`Evidence`, its summary (segment, peaks, top-5) and its class probabilities at the last
-    step."""
+    step. A 3-D CNN's clip (one example whose layer keeps time) is put on its frames first: each frame the map and
+    evidence of its layer time slice (:meth:`~ebr_onnx.core.result.ExplainResult.frame_maps`)."""
+    if res.info.map_fields:
+        res = replace(res, maps=res.frame_maps(pixels=False)[0], temporal=res.frame_temporal()[0])
     maps = res.maps
     if maps.ndim != 3:
         raise EbrError(f"the maps at {res.layer!r} have shape {maps.shape}, not one (h, w) map per frame: choose a "
@@ -342,3 +366,10 @@ def _label(ex: Explainer, index: int) -> str | None:
 def _top5(ex: Explainer, probs: np.ndarray) -> list[dict[str, Any]]:
     order = np.argsort(-probs)[:5]
     return [{"index": int(k), "label": _label(ex, int(k)), "probability": float(probs[k])} for k in order]
+
+
+# ground()'s per-clip steps, for other drivers of the same work (ebr_onnx.app.video_audit): one home for each.
+method_options = _method_options
+clip_results = _clip_results
+combine_clips = _combine
+run_settings = _settings

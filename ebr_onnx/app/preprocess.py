@@ -18,9 +18,16 @@ from PIL import Image
 
 from ..core.errors import EbrError
 from ..core.graph import ModelGraph
+from ..methods.volume import volume_layout
 
 # float32(x / 255) computed in float64, as caffe.io.load_image does (skimage.img_as_float, then astype(float32)).
 _UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+def unit_range(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1]: ``float32(x / 255)`` computed in float64, as ``caffe.io.load_image`` does
+    (``skimage.img_as_float``, then ``astype(float32)``)."""
+    return _UNIT[pixels]
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ def preprocess(frames: np.ndarray, spec: Preprocess | str = "caffe-ucf101") -> t
     if ch > rh or cw > rw:
         raise EbrError(f"crop {ch}x{cw} is larger than the resized frame {rh}x{rw}")
     top, left = (rh - ch) // 2, (rw - cw) // 2
-    x = _UNIT[frames[:, top : top + ch, left : left + cw]].transpose(0, 3, 1, 2)
+    x = unit_range(frames[:, top : top + ch, left : left + cw]).transpose(0, 3, 1, 2)
     if spec.channel_order == "BGR":
         x = x[:, ::-1]
     x = np.ascontiguousarray(x)
@@ -175,10 +182,13 @@ def prepare(model: Any, frames: np.ndarray, preset: str | None = None, **overrid
             ) -> tuple[np.ndarray, CropBox]:
     """Frames as ``model`` expects them: uint8 RGB ``(T, H, W, 3)`` → its input ``(T, 3, h, w)`` float32 with the
     model's recorded preprocessing (or ``preset``, with ``overrides`` of its fields), and the :class:`CropBox` the
-    network sees. ``model``: an :class:`~ebr_onnx.Explainer`, a :class:`ModelGraph` or an ONNX file."""
+    network sees; a 3-D CNN's input is one clip in its layout, e.g. ``(1, 3, T, h, w)``. ``model``: an
+    :class:`~ebr_onnx.Explainer`, a :class:`ModelGraph` or an ONNX file."""
     graph = model if isinstance(model, ModelGraph) else getattr(model, "graph", None)
     if graph is None:
         if not isinstance(model, (str, Path)):
             raise EbrError(f"prepare() takes an Explainer, a ModelGraph or an ONNX file, not {type(model).__name__}")
         graph = ModelGraph(model)
-    return preprocess(frames, model_preprocess(graph, preset, overrides))
+    x, crop = preprocess(frames, model_preprocess(graph, preset, overrides))
+    layout = volume_layout(graph, getattr(model, "input_name", None) or graph.inputs[0])
+    return (x if layout is None else layout.arrange(x)), crop

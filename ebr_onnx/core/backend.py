@@ -41,9 +41,45 @@ def to_numpy(array: Any) -> np.ndarray:
     return np.asarray(get() if callable(get) else array)
 
 
-def ort_providers(device: str) -> list[str]:
-    """onnxruntime execution providers for a device, CPU always last as the fallback."""
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+#: The lowest onnxruntime(-gpu) that knows every CUDA provider option below (``use_tf32`` came in 1.18); the ``gpu``
+#: extra of pyproject.toml requires it.
+MIN_ORT_GPU = (1, 18)
+
+
+def cuda_provider_options(device_id: int = 0) -> dict[str, str]:
+    """The CUDA provider's options (https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html):
+
+    * ``use_tf32 = 0`` (#use_tf32, onnxruntime ≥ 1.18; microsoft/onnxruntime#19357 for GEMMs, #19426 for cuDNN
+      convolutions): fp32 MatMul/Gemm and convolutions in full fp32, as the CPU and the rules (CuPy's matmul does not
+      use TF32 unless ``CUPY_TF32=1``). By default onnxruntime computes them in TF32 on Ampere and later GPUs
+      (10-bit mantissa): captures and logits would differ from the CPU's by ~1e-3 relative and a near-tie could
+      change the predicted class.
+    * ``cudnn_conv_algo_search = DEFAULT`` (#cudnn_conv_algo_search: "default algorithm using
+      CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM"): one fixed algorithm, the same on every run and every chunk
+      size, with no benchmarking per input shape (EXHAUSTIVE, the default, times every algorithm on each new shape,
+      and may pick FFT or Winograd kernels whose rounding is coarser than the direct GEMM's).
+    * ``arena_extend_strategy = kSameAsRequested`` (#arena_extend_strategy): the arena grows by what is asked, not
+      by powers of two, and is shrunk after each run (:func:`run_options`).
+    """
+    return {"device_id": str(device_id), "use_tf32": "0", "cudnn_conv_algo_search": "DEFAULT",
+            "arena_extend_strategy": "kSameAsRequested"}
+
+
+def ort_providers(device: str, device_id: int = 0) -> list[Any]:
+    """onnxruntime execution providers for a device, CPU always last as the fallback (CUDA with
+    :func:`cuda_provider_options`)."""
+    if device == "cuda":
+        return [("CUDAExecutionProvider", cuda_provider_options(device_id)), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def run_options(providers: list[str], device_id: int = 0) -> Any:
+    """Run options that shrink the memory arenas of the session's providers after each run (the CPU's, and the
+    device's where the CUDA provider runs), so that no session holds its largest buffers between runs."""
+    options = require_onnxruntime().RunOptions()
+    arenas = "cpu:0" + (f";gpu:{device_id}" if "CUDAExecutionProvider" in providers else "")
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
+    return options
 
 
 def require_onnxruntime() -> ModuleType:

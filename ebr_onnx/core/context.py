@@ -39,7 +39,11 @@ class RuleContext:
     ``kernels`` is the explainer's :class:`~ebr_onnx.core.kernels.KernelCache` (compiled operators of constant
     weights; ``None`` off the CPU). ``lowerer`` runs the bottom of a walk as one graph (:mod:`ebr_onnx.lowering`;
     ``None``: rule by rule). ``owns_values``: the walk may drop entries of ``values`` once no remaining rule reads
-    them.
+    them. ``constants``: on a GPU, the explainer's :class:`~ebr_onnx.core.device.DeviceArrays`, which hold the one
+    device copy of each weight (``None``: constants are converted per walk, as on the CPU, where that is free).
+
+    ``values`` may hold host arrays (converted to the walk's module once per walk) or arrays of the walk's module
+    (the forward's device captures, read in place).
     """
 
     graph: ModelGraph
@@ -60,7 +64,12 @@ class RuleContext:
     kernels: KernelCache | None = None
     lowerer: Lowerer | None = None
     owns_values: bool = False
+    constants: Any = None
     _device_cache: dict[str, Any] = field(default_factory=dict)
+    #: The ids of the arrays :meth:`value` handed out (while cached) → their names, and the names' signs
+    #: (:meth:`has_negative`, read for all captures at once on a device).
+    _names: dict[int, str] = field(default_factory=dict)
+    _negative: dict[str, bool] | None = None
 
     def _host(self, name: str) -> Any:
         if name in self.values:
@@ -68,15 +77,52 @@ class RuleContext:
         return self.graph.constant(name)
 
     def value(self, name: str) -> Any:
-        """A captured activation or a constant, as an array of the walk's module (float tensors in ``dtype``)."""
+        """A captured activation or a constant, as an array of the walk's module (float tensors in ``dtype``).
+
+        On a device, captures that are already device arrays are read in place (cast there if needed), and
+        constants come from the explainer's one device copy (:attr:`constants`); only host values are uploaded."""
         if name in self._device_cache:
             return self._device_cache[name]
-        array = np.asarray(self._host(name))
+        if self.constants is not None and name not in self.values and self.graph.is_constant(name):
+            out = self.constants.constant(name, self.graph.constant(name), self.dtype)
+        else:
+            out = self._in_module(self._host(name))
+        self._device_cache[name] = out
+        self._names[id(out)] = name
+        return out
+
+    def _in_module(self, array: Any) -> Any:
+        xp = self.xp
+        if xp is not np and isinstance(array, xp.ndarray):
+            return array.astype(self.dtype, copy=False) if array.dtype.kind == "f" else array
+        array = np.asarray(array)
         if array.dtype.kind == "f":
             array = array.astype(self.dtype, copy=False)
-        out = self.xp.asarray(array)
-        self._device_cache[name] = out
-        return out
+        return xp.asarray(array)
+
+    def host(self, name: str) -> np.ndarray:
+        """The value of ``name`` on the host, for parameters that shape a rule's Python (indices, pads, sizes): a
+        constant is read from the model (no transfer), a computed tensor copied from the device (a host sync)."""
+        if name not in self.values and self.graph.is_constant(name):
+            return np.asarray(self.graph.constant(name))
+        return np.asarray(to_numpy(self._host(name)))
+
+    def has_negative(self, x: Any) -> bool:
+        """Whether the array ``x`` has a negative entry (a Python branch: EB or its positive-contribution form).
+
+        On the CPU one reduction. On a device a host read, so the first call of a walk reads the signs of all the
+        float captures in ``values`` together, one transfer for the walk; an array that is not one of them as
+        :meth:`value` handed it out (a view, a computed array) is read on its own."""
+        xp = self.xp
+        name = self._names.get(id(x))
+        if xp is np or name is None or name not in self.values or self._device_cache.get(name) is not x:
+            return bool((x < 0).any())
+        if self._negative is None or name not in self._negative:
+            names = [n for n, v in self.values.items() if isinstance(v, xp.ndarray) and v.dtype.kind == "f"
+                     and (self._negative is None or n not in self._negative)]
+            flags = to_numpy(xp.stack([(self.values[n] < 0).any() for n in names])) if names else []
+            self._negative = {**(self._negative or {}), **dict(zip(names, (bool(f) for f in flags)))}
+        return self._negative[name] if name in self._negative else bool((x < 0).any())
 
     def derived(self, key: str, make: Callable[[], Any]) -> Any:
         """An array derived from the captures (e.g. a projection's ``f(x, W⁺)``), made once per walk under ``key``."""
@@ -88,7 +134,7 @@ class RuleContext:
         """Integer parameters of ``node`` given as input ``index`` (newer opsets) or as attribute ``attr`` (older),
         else None."""
         if len(node.inputs) > index and node.inputs[index]:
-            return [int(v) for v in np.asarray(to_numpy(self.value(node.inputs[index]))).ravel()]
+            return [int(v) for v in self.host(node.inputs[index]).ravel()]
         value = node.attr(attr)
         return None if value is None else [int(v) for v in np.ravel(value)]
 
@@ -99,7 +145,9 @@ class RuleContext:
 
     def release(self, name: str) -> None:
         """Forget a value no remaining rule reads (and its captured copy, where the context owns the captures)."""
-        self._device_cache.pop(name, None)
+        held = self._device_cache.pop(name, None)
+        if held is not None:
+            self._names.pop(id(held), None)
         if self.owns_values:
             self.values.pop(name, None)  # type: ignore[attr-defined]
 

@@ -11,6 +11,7 @@ import onnx
 
 from .backend import array_module
 from .context import Lowerer, RuleContext, RuleFn
+from .device import DeviceArrays
 from .errors import EbrError
 from .forward import ForwardRunner
 from .graph import ModelGraph, Node
@@ -24,7 +25,10 @@ class Engine:
 
     def __init__(self, graph: ModelGraph, *, device: str, input_name: str | None, labels: list[str] | None,
                  batch_size: int, dtype: Any, threads: int | None, options: RuleOptions,
-                 lowerer: Lowerer | None) -> None:
+                 lowerer: Lowerer | None, live_weights: bool = False) -> None:
+        """``live_weights``: the weights (``graph.weights``) may change in place between calls (pycaffe's
+        ``net.params``, :mod:`ebr_onnx.compat`): the forward feeds them on every run on every device, and no
+        compiled kernel keeps a copy (the rules read them anew in each walk)."""
         if input_name is not None and input_name not in graph.inputs:
             raise EbrError(f"input {input_name!r} is not a model input; inputs: {', '.join(graph.inputs)}")
         if not graph.inputs:
@@ -35,8 +39,13 @@ class Engine:
         self.device = device
         self.xp = array_module(device)
         self.threads = threads
-        self.runner = ForwardRunner(graph, device, threads)
-        self.kernels = KernelCache(threads) if device == "cpu" else None
+        #: On a GPU: the one device copy of the weights (and other constants) that every forward session and every
+        #: walk of this engine reads, and the bound forward (:mod:`ebr_onnx.core.device`); None on the CPU.
+        self.arrays = None if device == "cpu" else DeviceArrays(self.xp, live=live_weights)
+        self.runner = ForwardRunner(graph, device, threads, arrays=self.arrays)
+        if live_weights:
+            self.runner.shares_weights = True
+        self.kernels = KernelCache(threads) if device == "cpu" and not live_weights else None
         self.lowerer = lowerer if self.kernels is not None else None
         self.input_name = input_name or graph.inputs[0]
         self.labels = labels
@@ -111,7 +120,16 @@ class Engine:
         return RuleContext(self.graph, self.xp, mode, values, shapes, self.signal, dtype=self.dtype,
                            negated=negated, overrides=dict(overrides or {}), options=options or self.options,
                            kernels=self.kernels,
-                           lowerer=self.lowerer, owns_values=owns_values)
+                           lowerer=self.lowerer, owns_values=owns_values, constants=self.arrays)
+
+    def on_device(self, array: Any) -> Any:
+        """A host array as an array of the engine's module (uploaded once on a GPU; as it is on the CPU)."""
+        return array if self.arrays is None else self.arrays.upload(array)
+
+    def release(self) -> None:
+        """After a call: on a GPU, hand the array module's unused memory back to the device."""
+        if self.arrays is not None:
+            self.arrays.release()
 
     def blas(self) -> ContextManager[Any]:
         """On the CPU, NumPy's BLAS runs single-threaded during a walk: its busy-waiting workers would compete with

@@ -5,49 +5,65 @@ Only the tensors the rules read are exposed as extra outputs (exposing every int
 plain forward's (see ``shared/notes/environment.md``). Each session has a memory arena, shrunk after every run.
 
 Sessions are built from the model without its weights (:attr:`ModelGraph.light`, which declares them as inputs), and
-the weights are fed on every run from the graph's NumPy arrays: onnxruntime reads those buffers in place, so the
-process holds one copy of the weights instead of three (ours, the serialized payload's, the session's). This forgoes
-onnxruntime's weight prepacking and NCHWc layout, which capture sessions (``ORT_ENABLE_EXTENDED``) do not use anyway.
-On CUDA the weights stay in the session (feeding them would copy them to the device on every run).
+the weights are fed on every run: on the CPU from the graph's NumPy arrays, which onnxruntime reads in place, so the
+process holds one copy of the weights instead of three (ours, the serialized payload's, the session's); on CUDA from
+the explainer's device copies (:class:`~ebr_onnx.core.device.DeviceArrays`), bound in place, so the device holds one
+copy however many sessions and sub-models there are. This forgoes onnxruntime's weight prepacking and NCHWc layout,
+which capture sessions (``ORT_ENABLE_EXTENDED``) do not use anyway.
+
+On CUDA the inputs and outputs are bound to device memory (:meth:`DeviceArrays.run`), and :meth:`ForwardRunner.run`
+with ``keep_on_device`` hands the captures to the walk as CuPy arrays without a host copy. At most
+:data:`DEVICE_SESSIONS` sessions are kept per runner there (the least recently used goes), so that explaining
+ever more layers does not keep ever more CUDA sessions.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from collections import OrderedDict
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 
-from .backend import ort_providers, require_onnxruntime, session_options
+from .backend import array_module, ort_providers, require_onnxruntime, run_options, session_options, to_numpy
+from .device import DeviceArrays
 from .errors import EbrError, ForwardRejected
 from .graph import ModelGraph
+
+#: The sessions a runner keeps on CUDA (one per set of captured tensors; each holds a CUDA provider of its own).
+DEVICE_SESSIONS = 4
 
 
 class ForwardRunner:
     """Runs the model in onnxruntime and returns the requested tensors (graph outputs or intermediates)."""
 
-    def __init__(self, graph: ModelGraph, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, graph: ModelGraph, device: str = "cpu", threads: int | None = None,
+                 arrays: DeviceArrays | None = None) -> None:
+        """``arrays``: the explainer's device arrays (``device="cuda"``; made here where none is given), which
+        hold the one device copy of the weights every runner of the explainer binds."""
         self._ort = require_onnxruntime()
         self.graph = graph
         self.device = device
         self.threads = threads
-        self._sessions: dict[tuple[str, ...], object] = {}
-        #: Whether sessions read the weights from the graph's arrays (CPU) instead of holding their own copy.
-        self.shares_weights = device == "cpu"
-        #: On the CPU a session's arena is handed back after each run (see :meth:`_session`).
-        self._run_options = self._ort.RunOptions()
-        if device == "cpu":
-            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.arrays = None if device == "cpu" else (arrays or DeviceArrays(array_module(device)))
+        self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        #: The sessions read the weights fed on every run (the graph's arrays, or their device copies).
+        self.shares_weights = True
+        self._run_options: dict[tuple[str, ...], Any] = {}
+
+    @property
+    def device_id(self) -> int:
+        return 0 if self.arrays is None else self.arrays.device_id
 
     def _session(self, outputs: tuple[str, ...]):
         if outputs in self._sessions:
+            self._sessions.move_to_end(outputs)
             return self._sessions[outputs]
-        # Extra outputs go on a copy: the weightless model on the CPU is shared (copied: it holds no weights), and
-        # ModelGraph.model is a fresh copy on every access.
-        model = self.graph.model if not self.shares_weights else self.graph.light
+        # Extra outputs go on a copy: the weightless model is shared (copied: it holds no weights).
+        model = self.graph.light
         declared = {o.name for o in model.graph.output}
         extra = [name for name in outputs if name not in declared]
-        if extra and model is self.graph.light:
+        if extra:
             model = onnx.ModelProto()
             model.CopyFrom(self.graph.light)
         model.graph.output.extend(
@@ -59,16 +75,63 @@ class ForwardRunner:
         options = session_options(self.threads, optimize_all=not extra, arena=True)
         try:
             session = self._ort.InferenceSession(model.SerializeToString(), options,
-                                                 providers=ort_providers(self.device))
+                                                 providers=ort_providers(self.device, self.device_id))
         except Exception as exc:
             raise EbrError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
         if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             warnings.warn("onnxruntime has no CUDA provider here: the forward pass runs on the CPU", stacklevel=3)
         self._sessions[outputs] = session
+        if self.arrays is not None and len(self._sessions) > DEVICE_SESSIONS:
+            self._sessions.popitem(last=False)
         return session
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Forward ``feeds`` and return ``outputs`` by name; inputs and constants among them are returned directly."""
+    def _options(self, session) -> Any:
+        providers = tuple(session.get_providers())
+        if providers not in self._run_options:
+            self._run_options[providers] = run_options(list(providers), self.device_id)
+        return self._run_options[providers]
+
+    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str], keep_on_device: bool = False
+            ) -> dict[str, Any]:
+        """Forward ``feeds`` and return ``outputs`` by name; inputs and constants among them are returned directly.
+
+        On the CPU the values are NumPy arrays. On CUDA they are NumPy arrays too, unless ``keep_on_device``: then
+        every value is a device array (captures in onnxruntime's buffers, inputs and constants uploaded), for the
+        walk."""
+        if self.arrays is None:
+            return self._run_host(feeds, outputs)
+        arrays = self.arrays
+        feeds = {k: arrays.upload(v) for k, v in feeds.items()}  # each input crosses the bus once per run
+        direct = {name: feeds[name] for name in outputs if name in feeds}
+        direct.update({name: arrays.constant(name, self.graph.constant(name)) for name in outputs
+                       if name not in direct and self.graph.is_constant(name)})
+        wanted = tuple(sorted({name for name in outputs if name not in direct}))
+        if wanted:
+            session = self._session(wanted)
+            self._check_feeds(session, feeds)
+            device = arrays.binding_device(session)
+            try:
+                if device is None:  # onnxruntime without its CUDA provider (warned): through host memory
+                    got = self._run_on_host(session, feeds, wanted)
+                else:
+                    taken = {spec.name for spec in session.get_inputs()}
+                    weights = {name: arrays.constant(name, host) for name, host in self.graph.fed_weights().items()
+                               if name in taken}
+                    got = arrays.run(session, device, {**weights, **{k: v for k, v in feeds.items() if k in taken}},
+                                     wanted, self._options(session))
+            except EbrError:
+                raise
+            except Exception as exc:
+                raise ForwardRejected(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
+            direct.update(got)
+        return direct if keep_on_device else {k: to_numpy(v) for k, v in direct.items()}
+
+    def _run_on_host(self, session, feeds: Mapping[str, Any], wanted: tuple[str, ...]) -> dict[str, Any]:
+        host = {k: to_numpy(v) for k, v in feeds.items()}
+        values = session.run(list(wanted), {**self.graph.fed_weights(), **host}, self._options(session))
+        return {name: self.arrays.upload(v) for name, v in zip(wanted, values)}
+
+    def _run_host(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         direct = {name: feeds[name] for name in outputs if name in feeds}
         direct.update({name: self.graph.constant(name) for name in outputs
                        if name not in direct and self.graph.is_constant(name)})
@@ -78,16 +141,15 @@ class ForwardRunner:
         session = self._session(wanted)
         self._check_feeds(session, feeds)
         try:
-            weights = self.graph.fed_weights() if self.shares_weights else {}
-            values = session.run(list(wanted), {**weights, **feeds}, self._run_options)
+            values = session.run(list(wanted), {**self.graph.fed_weights(), **feeds}, self._options(session))
         except Exception as exc:
             raise ForwardRejected(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
         direct.update(zip(wanted, values))
         return direct
 
-    def _check_feeds(self, session, feeds: Mapping[str, np.ndarray]) -> None:
+    def _check_feeds(self, session, feeds: Mapping[str, Any]) -> None:
         for spec in session.get_inputs():
-            if spec.name in self.graph.weights and self.shares_weights:
+            if spec.name in self.graph.weights:
                 continue
             if spec.name not in feeds:
                 raise EbrError(f"the model needs an input {spec.name!r} of shape {spec.shape}; none was given")

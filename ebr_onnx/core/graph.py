@@ -179,10 +179,12 @@ class ModelGraph:
             if n.op_type == "Constant" and n.outputs:
                 self._constants[n.outputs[0]] = self._constant_attr(n)
         self.shapes, self.elem_types = self._infer_shapes()
+        #: What each node with subgraphs (If, Loop, Scan) reads from the outer scope without listing it as an input.
+        self.implicit_inputs = {n.name: reads for n in nodes if (reads := self.subgraph_reads(n))}
         self.nx = nx.DiGraph()
         self.nx.add_nodes_from(n.name for n in nodes)
         for n in nodes:
-            for t in n.inputs:
+            for t in (*n.inputs, *sorted(self.implicit_inputs.get(n.name, ()))):
                 if t in self.producer:
                     self.nx.add_edge(self.producer[t].name, n.name, tensor=t)
         self.topological = [self.node_by_name[name] for name in nx.lexicographical_topological_sort(
@@ -290,7 +292,7 @@ class ModelGraph:
         for n in self.topological:
             if n.op_type in VALUE_FREE_OPS:
                 continue
-            if any(t in signal for t in n.inputs if t):
+            if any(t in signal for t in (*n.inputs, *self.implicit_inputs.get(n.name, ())) if t):
                 signal.update(o for o in n.outputs if o and self.is_float(o))
         return signal
 
@@ -303,8 +305,23 @@ class ModelGraph:
             upstream |= nx.ancestors(self.nx, name)
         return [
             n for n in self.topological
-            if n.name in upstream and n.op_type not in VALUE_FREE_OPS and any(t in signal for t in n.inputs if t)
+            if n.name in upstream and n.op_type not in VALUE_FREE_OPS
+            and any(t in signal for t in (*n.inputs, *self.implicit_inputs.get(n.name, ())) if t)
         ]
+
+    def subgraph_reads(self, node: Node) -> set[str]:
+        """The outer-scope tensors a node's subgraphs (If branches, Loop/Scan bodies) read without listing them as
+        node inputs."""
+        reads: set[str] = set()
+        stack = [v for v in node.attrs.values() if isinstance(v, onnx.GraphProto)]
+        while stack:
+            body = stack.pop()
+            local = {i.name for i in body.input} | {i.name for i in body.initializer} | {
+                o for n in body.node for o in n.output}
+            for inner in body.node:
+                reads.update(t for t in inner.input if t and t not in local)
+                stack.extend(a.g for a in inner.attribute if a.type == onnx.AttributeProto.GRAPH)
+        return reads
 
     def trace_down(self, tensor: str, through: frozenset[str]) -> str:
         """Follow ``tensor`` down through ``through`` ops (their first input) to the tensor a compute op produced."""

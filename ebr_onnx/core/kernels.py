@@ -76,14 +76,18 @@ def _one_node(op_type: str, w: np.ndarray, **attrs: Any) -> onnx.ModelProto:
 
 
 def _flipped(w: np.ndarray, group: int) -> np.ndarray:
-    """The weight of the transposed convolution as a convolution: channels swapped per group, kernel flipped."""
-    m, cg, kh, kw = w.shape
-    swapped = w.reshape(group, m // group, cg, kh, kw).transpose(0, 2, 1, 3, 4).reshape(cg * group, m // group, kh, kw)
-    return swapped[:, :, ::-1, ::-1]
+    """The weight of the transposed convolution as a convolution: channels swapped per group, kernel flipped along
+    every spatial axis."""
+    m, cg = w.shape[:2]
+    kernel = tuple(w.shape[2:])
+    swapped = w.reshape((group, m // group, cg) + kernel).transpose((0, 2, 1) + tuple(range(3, 3 + len(kernel))))
+    return swapped.reshape((cg * group, m // group) + kernel)[(slice(None), slice(None)) + (slice(None, None, -1),)
+                                                              * len(kernel)]
 
 
 class OrtConv:
-    """``f`` and ``fᵀ`` of one Conv node (made 2-D) by its weight's parts, as cached onnxruntime sessions."""
+    """``f`` and ``fᵀ`` of one Conv node (2-D or 3-D; 1-D made 2-D) by its weight's parts, as cached onnxruntime
+    sessions."""
 
     def __init__(self, cache: KernelCache, key: tuple, geo: ConvGeometry, weight: Callable[[], np.ndarray]) -> None:
         self.cache, self.key, self.geo, self._weight = cache, key, geo, weight
@@ -113,16 +117,16 @@ class OrtConv:
 
 
 def transpose_as_node(geo: ConvGeometry) -> tuple[str, Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
-    """``fᵀ(q, W)`` of a 2-D convolution as one ONNX node: (op type, how its weight is made from W, its attributes) —
-    a ``Conv`` by the flipped, channel-swapped weight where the convolution has unit strides, a ``ConvTranspose`` by
-    W itself otherwise."""
+    """``fᵀ(q, W)`` of a 2-D or 3-D convolution as one ONNX node: (op type, how its weight is made from W, its
+    attributes) — a ``Conv`` by the flipped, channel-swapped weight where the convolution has unit strides, a
+    ``ConvTranspose`` by W itself otherwise."""
     reach = [(k - 1) * d for k, d in zip(geo.kernel, geo.dilations)]
-    pads = [reach[0] - geo.pads[0], reach[1] - geo.pads[1], reach[0] - geo.pads[2], reach[1] - geo.pads[3]]
-    if geo.strides == [1, 1] and min(pads) >= 0:
+    pads = [r - b for r, b in zip(reach, geo.begins)] + [r - e for r, e in zip(reach, geo.ends)]
+    if all(s == 1 for s in geo.strides) and min(pads) >= 0:
         return ("Conv", lambda w: _flipped(w, geo.group),
                 {"pads": pads, "dilations": geo.dilations, "group": geo.group})
-    covered = [(o - 1) * s + r + 1 - geo.pads[a] - geo.pads[a + 2]
-               for a, (o, s, r) in enumerate(zip(geo.out, geo.strides, reach))]
+    covered = [(o - 1) * s + r + 1 - b - e
+               for o, s, r, b, e in zip(geo.out, geo.strides, reach, geo.begins, geo.ends)]
     return "ConvTranspose", lambda w: w, {"strides": geo.strides, "pads": geo.pads, "dilations": geo.dilations,
                                           "group": geo.group,
                                           "output_padding": [n - c for n, c in zip(geo.size, covered)]}

@@ -14,8 +14,9 @@ MATRIX_OPS = frozenset({"Gemm", "MatMul"})
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 #: Control flow that ebr_onnx unrolls on load.
 LOOP_OPS = frozenset({"Loop", "Scan"})
-#: Output activations (heads) looked through to find the pre-activation logits the prior is set on.
-HEAD_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Dropout"})
+#: Output activations (heads) looked through to find the pre-activation logits the prior is set on (an ArgMax head
+#: outputs the decision itself).
+HEAD_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Dropout", "ArgMax"})
 #: Pooling ops: their output is non-negative where their input is.
 POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
 

@@ -66,6 +66,8 @@ class GraphBuilder:
         #: slice of examples along axis 0.
         self.per_example = True
         self._count = 0
+        #: Outputs of ``equal(z, 0)``, by the tensor ``z`` they test.
+        self._zero_tests: dict[str, str] = {}
 
     def fresh(self, hint: str) -> str:
         self._count += 1
@@ -127,9 +129,16 @@ class GraphBuilder:
         return value if isinstance(value, str) else self.constant(np.asarray(value, np.float32), "scalar")
 
     def equal(self, a: str, b: str | float) -> str:
-        return self.op("Equal", [a, self._operand(b)])
+        out = self.op("Equal", [a, self._operand(b)])
+        if isinstance(b, (int, float)) and b == 0:
+            self._zero_tests[out] = a
+        return out
 
     def where(self, condition: str, a: str | float, b: str | float) -> str:
+        """``Where``; the guard ``where(z == 0, 1, z)`` of ``⊘₀`` as ``z + float(z == 0)``, the same values (z is 0
+        wherever 1 is added) in passes that onnxruntime runs ~2× faster than a Where with a broadcast scalar."""
+        if a == 1 and isinstance(b, str) and self._zero_tests.get(condition) == b:
+            return self.op("Add", [b, self.op("Cast", [condition], to=onnx.TensorProto.FLOAT)])
         return self.op("Where", [condition, self._operand(a), self._operand(b)])
 
     def divide(self, a: str, b: str) -> str:

@@ -6,6 +6,7 @@ and returns the signals of its inputs, exactly as its rule in this package does 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -13,11 +14,15 @@ import onnx
 from onnx import helper
 
 from ..core.context import RuleContext
+from ..core.errors import EbrError
 from ..core.geometry import ConvGeometry, weight_part
 from ..core.graph import Node
 from ..core.kernels import transpose_as_node
 from ..core.numeric import safe_divide
 from ..core.ops import SIGN_KEEPING_OPS
+from ..rules.elementwise import is_gate, warn_pass_through
+from ..rules.pooling import reduced_axes, window_counts
+from ..rules.routing import slices
 from .builder import GraphBuilder, Lowered, lowering
 
 
@@ -34,7 +39,7 @@ def nonnegative(ctx: RuleContext, name: str) -> bool:
 # -- Conv ---------------------------------------------------------------------------------------------------------
 def _plain_conv(node: Node, ctx: RuleContext) -> bool:
     shape = ctx.shape(node.inputs[0])
-    return len(shape) == 4 and ctx.graph.is_constant(node.inputs[1])
+    return len(shape) in (4, 5) and ctx.graph.is_constant(node.inputs[1])
 
 
 @lowering("Conv", applies=_plain_conv)
@@ -87,20 +92,20 @@ def relu(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
 
 
 def _row_major_max_pool(node: Node, ctx: RuleContext) -> bool:
-    return len(ctx.shape(node.inputs[0])) in (3, 4) and int(node.attr("storage_order", 0)) == 0
+    return len(ctx.shape(node.inputs[0])) in (3, 4, 5) and int(node.attr("storage_order", 0)) == 0
 
 
 def _disjoint(node: Node) -> bool:
     kernel = list(node.attr("kernel_shape"))
     strides, dilations = node.attr("strides", [1] * len(kernel)), node.attr("dilations", [1] * len(kernel))
-    return len(kernel) == 2 and all(d == 1 for d in dilations) and all(s >= k for s, k in zip(strides, kernel))
+    return len(kernel) in (2, 3) and all(d == 1 for d in dilations) and all(s >= k for s, k in zip(strides, kernel))
 
 
 @lowering("MaxPool", applies=_row_major_max_pool)
 def max_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
     """``p'_i = Σ_w p_w [i = first argmax of w]`` (the rule :func:`ebr_onnx.rules.pooling.max_pool`): the indices of
-    onnxruntime's MaxPool (the node's own attributes; the first maximum wins), then MaxUnpool where 2-D windows do not
-    overlap, else a scatter that adds (an input position may be the maximum of several windows)."""
+    onnxruntime's MaxPool (the node's own attributes; the first maximum wins), then MaxUnpool where 2-D or 3-D
+    windows do not overlap, else a scatter that adds (an input position may be the maximum of several windows)."""
     ctx, p = b.ctx, signals[0]
     x_name = node.inputs[0]
     attrs = {k: v for k, v in node.attrs.items() if k in ("kernel_shape", "strides", "pads", "dilations", "auto_pad",
@@ -121,25 +126,120 @@ def max_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> 
 
 
 def _global_pool(node: Node, ctx: RuleContext) -> bool:
-    return len(ctx.shape(node.inputs[0])) == 4
+    return len(ctx.shape(node.inputs[0])) >= 3
 
 
 @lowering("GlobalAveragePool", applies=_global_pool)
 def global_average_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
-    """EB: ``p'_i = x_i p_c ⊘ S_c`` with ``S_c = Σ_i x_i`` and ``S_c ≤ 0 → 0`` (the rule
-    :func:`ebr_onnx.rules.pooling.global_average_pool_eb`); gradient: ``p'_i = p_c / (h·w)``."""
+    """EB: ``p'_i = x_i p_c ⊘ S_c`` with ``S_c = Σ_i x_i`` over the spatial (and time) axes and ``S_c ≤ 0 → 0`` (the
+    rule :func:`ebr_onnx.rules.pooling.global_average_pool_eb`); gradient: ``p'_i = p_c / count``."""
     ctx, p = b.ctx, signals[0]
     x_name = node.inputs[0]
+    spatial = list(ctx.shape(x_name)[2:])
     if ctx.mode == "grad":
-        h, w = ctx.shape(x_name)[2:]
-        mean = b.op("Div", [p.name, b.constant(np.asarray(h * w, np.float32), "count")])
-        frame = b.constant(np.asarray([1, 1, h, w], np.int64), "shape")  # Expand broadcasts N and C from the mean
+        mean = b.op("Div", [p.name, b.constant(np.asarray(math.prod(spatial), np.float32), "count")])
+        frame = b.constant(np.asarray([1, 1, *spatial], np.int64), "shape")  # Expand broadcasts N and C
         return [Lowered(b.op("Expand", [mean, frame]))]
     x = b.value(x_name)
     zero = b.constant(np.zeros((), np.float32), "zero")
-    total = b.op("ReduceSum", [x, b.constant(np.asarray([2, 3], np.int64), "axes")], keepdims=1)
-    q = safe_divide(b, p.name, b.op("Max", [total, zero]))
+    axes = b.constant(np.arange(2, 2 + len(spatial), dtype=np.int64), "axes")
+    q = safe_divide(b, p.name, b.op("Max", [b.op("ReduceSum", [x, axes], keepdims=1), zero]))
     return [Lowered(b.op("Mul", [x, q]), scaled=True)]
+
+
+@lowering("GlobalMaxPool", applies=_global_pool)
+def global_max_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """The whole signal of each channel to its first spatial maximum in row-major order (the rule
+    :func:`ebr_onnx.rules.pooling.global_max_pool`; both modes): ArgMax over the flattened positions."""
+    p = signals[0]
+    x_name = node.inputs[0]
+    positions = math.prod(b.ctx.shape(x_name)[2:])
+    flat = b.op("Reshape", [b.value(x_name), b.constant(np.asarray([0, 0, -1], np.int64), "shape")])
+    first = b.op("ArgMax", [flat], axis=2, keepdims=1, select_last_index=0)
+    hit = b.op("Equal", [b.constant(np.arange(positions, dtype=np.int64), "positions"), first])
+    column = b.op("Reshape", [p.name, b.constant(np.asarray([0, 0, 1], np.int64), "shape")])
+    routed = b.op("Mul", [b.op("Cast", [hit], to=onnx.TensorProto.FLOAT), column])
+    return [Lowered(b.op("Reshape", [routed, b.shape_of(x_name)]), p.scaled)]
+
+
+def _average_pool(node: Node, ctx: RuleContext) -> bool:
+    return len(ctx.shape(node.inputs[0])) in (4, 5)
+
+
+@lowering("AveragePool", applies=_average_pool)
+def average_pool(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """EB: ``p'_i = x_i Σ_w p_w ⊘ S_w``, ``S_w = Σ_{i'∈w} x_{i'}``, ``S_w ≤ 0 → 0`` (the rule
+    :func:`ebr_onnx.rules.pooling.average_pool_eb`); gradient: ``p'_i = Σ_w p_w / count_w``. The window sums are a
+    depthwise convolution by ones (its end pads grown over the ``ceil_mode`` overhang), the spreading its
+    transpose."""
+    ctx, p = b.ctx, signals[0]
+    x_name = node.inputs[0]
+    x_shape = tuple(ctx.shape(x_name))
+    out = list(ctx.shape(node.outputs[0])[2:])
+    geo = _window_geometry(node, x_shape, out)
+    ones = np.ones((x_shape[1], 1, *geo.kernel), np.float32)
+    op_type, weight, t_attrs = transpose_as_node(geo)
+    spread_weight = b.constant(np.ascontiguousarray(weight(ones)), "ones")
+
+    def spread(q: str) -> str:
+        return b.op(op_type, [q, spread_weight], **t_attrs)
+
+    if ctx.mode == "grad":
+        windows = ConvGeometry(node, x_shape, (1, 1, *node.attr("kernel_shape")))
+        windows.out = out
+        count = window_counts(np, windows, bool(node.attr("count_include_pad", 0)), np.float32)
+        return [Lowered(spread(b.op("Div", [p.name, b.constant(count, "count")])))]
+    x = b.value(x_name)
+    zero = b.constant(np.zeros((), np.float32), "zero")
+    total = b.op("Conv", [x, b.constant(ones, "ones")], strides=geo.strides, pads=geo.pads, dilations=geo.dilations,
+                 group=geo.group)
+    q = safe_divide(b, p.name, b.op("Max", [total, zero]))
+    return [Lowered(b.op("Mul", [x, spread(q)]), scaled=True)]
+
+
+def _window_geometry(node: Node, x_shape: tuple[int, ...], out: tuple[int, ...]) -> ConvGeometry:
+    """A pooling node's windows as a depthwise convolution's geometry: one group per channel, the end pads grown so
+    that the windows of ``ceil_mode`` fit (the overhang holds zeros, as the rule's frame)."""
+    geo = ConvGeometry(node, x_shape, (1, 1, *node.attr("kernel_shape")))
+    geo.group = x_shape[1]
+    geo.out = list(out)
+    for a, (reach, padded) in enumerate(zip(geo.reach(), (b + s + e for b, s, e in zip(geo.begins, geo.size,
+                                                                                          geo.ends)))):
+        geo.pads[geo.dims + a] += max(0, reach - padded)
+    return geo
+
+
+def _reduction(node: Node, ctx: RuleContext) -> bool:
+    try:
+        axes, _ = reduced_axes(node, ctx)
+    except EbrError:
+        return False
+    return 0 not in axes and len(ctx.shape(node.inputs[0])) >= 2
+
+
+@lowering(["ReduceMean", "ReduceSum"], applies=_reduction)
+def reduce_mean(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """EB: ``p'_i = x_i p ⊘₀ Σ_{reduced} x`` with ``Σ ≤ 0 → 0`` (the rule
+    :func:`ebr_onnx.rules.pooling.reduce_mean_eb`); gradient: ``p / n`` (ReduceMean over ``n`` elements) or ``p``
+    (ReduceSum), broadcast back. Never over the batch axis (the graph runs on slices of the examples)."""
+    ctx, p = b.ctx, signals[0]
+    x_name = node.inputs[0]
+    shape = ctx.shape(x_name)
+    axes, keepdims = reduced_axes(node, ctx)
+    rest = [None] * (len(node.inputs) - 1)
+    if not axes:
+        return [p, *rest]
+    kept = p.name if keepdims else b.op("Unsqueeze", [p.name, b.constant(np.asarray(axes, np.int64), "axes")])
+    if ctx.mode == "grad":
+        if node.op_type == "ReduceMean":
+            kept = b.op("Div", [kept, b.constant(np.asarray(math.prod(shape[a] for a in axes), np.float32), "count")])
+        frame = [shape[a] if a in axes else 1 for a in range(len(shape))]
+        return [Lowered(b.op("Expand", [kept, b.constant(np.asarray(frame, np.int64), "shape")])), *rest]
+    x = b.value(x_name)
+    zero = b.constant(np.zeros((), np.float32), "zero")
+    total = b.op("ReduceSum", [x, b.constant(np.asarray(axes, np.int64), "axes")], keepdims=1)
+    q = safe_divide(b, kept, b.op("Max", [total, zero]))
+    return [Lowered(b.op("Mul", [x, q]), scaled=True), *rest]
 
 
 def _same_shape_add(node: Node, ctx: RuleContext) -> bool:
@@ -164,6 +264,65 @@ def add(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[
     return [None if c is None else Lowered(b.op("Mul", [c, q]), scaled=True) for c in parts]
 
 
+def _broadcast_axes(shape: tuple[int, ...], out: tuple[int, ...]) -> list[int] | None:
+    """The axes over which an operand of ``shape`` was stretched to ``out``; None where the ranks differ or the batch
+    axis was stretched (the graph runs on slices of the examples)."""
+    if len(shape) != len(out):
+        return None
+    axes = [a for a, (s, o) in enumerate(zip(shape, out)) if s == 1 and o != 1]
+    return None if 0 in axes else axes
+
+
+def _to_operand(b: GraphBuilder, p: Lowered, axes: list[int], scaled: bool) -> Lowered:
+    """An output-shaped signal summed back over its operand's broadcast ``axes``."""
+    if not axes:
+        return Lowered(p.name, scaled)
+    return Lowered(b.op("ReduceSum", [p.name, b.constant(np.asarray(axes, np.int64), "axes")], keepdims=1))
+
+
+def _gated_or_grad_mul(node: Node, ctx: RuleContext) -> bool:
+    out = ctx.shape(node.outputs[0])
+    signal = [t for t in node.inputs if ctx.is_signal(t)]
+    if any(_broadcast_axes(ctx.shape(t), out) is None for t in signal):
+        return False
+    return ctx.mode == "grad" or (len(signal) == 2 and sum(is_gate(ctx, t) for t in node.inputs) == 1)
+
+
+@lowering("Mul", applies=_gated_or_grad_mul)
+def mul(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """EB of ``y = g ⊙ x`` with ``g`` a gate (squeeze-excitation, Swish/SiLU): ``p_x = p``, ``p_g = 0`` (the rule
+    :func:`ebr_onnx.rules.elementwise.mul_eb`); gradient: the product rule ``p_a = p ⊙ b``, ``p_b = p ⊙ a``; each
+    summed over its broadcast axes."""
+    ctx, p = b.ctx, signals[0]
+    out = ctx.shape(node.outputs[0])
+    names = list(node.inputs)
+    result: list[Lowered | None] = []
+    for k, name in enumerate(names):
+        axes = _broadcast_axes(ctx.shape(name), out) if ctx.is_signal(name) else None
+        if axes is None:
+            result.append(None)
+        elif ctx.mode == "grad":
+            other = b.value(names[1 - k])
+            result.append(_to_operand(b, Lowered(b.op("Mul", [p.name, other])), axes, False))
+        else:
+            result.append(None if is_gate(ctx, name) else _to_operand(b, p, axes, p.scaled))
+    return result
+
+
+@lowering("Sigmoid")
+def sigmoid(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """EB: ``p' = p`` with the rule's warning (:func:`ebr_onnx.rules.elementwise.smooth_eb`; a gate's Sigmoid
+    receives no signal under EB); gradient: ``p ⊙ σ(x)(1 − σ(x))``."""
+    ctx, p = b.ctx, signals[0]
+    if ctx.mode == "eb":
+        ctx.node_index = node.index
+        warn_pass_through(ctx, node)
+        return [Lowered(p.name)]
+    s = b.op("Sigmoid", [b.value(node.inputs[0])])
+    slope = b.op("Mul", [s, b.op("Sub", [b.constant(np.ones((), np.float32), "one"), s])])
+    return [Lowered(b.op("Mul", [p.name, slope]))]
+
+
 @lowering("Concat")
 def concat(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
     """Each input receives the part of ``p`` at its position along ``axis`` (the rule
@@ -182,6 +341,48 @@ def concat(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> li
             out.append(None)
         start += size
     return out
+
+
+def _forward_slice(node: Node, ctx: RuleContext) -> bool:
+    try:
+        index = slices(ctx, node, ctx.shape(node.inputs[0]))
+    except (EbrError, KeyError):
+        return False
+    return index[0] == slice(None) and all(s.step in (None, 1) or s.step > 0 for s in index)
+
+
+@lowering("Slice", applies=_forward_slice)
+def slice_(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
+    """``p'`` is ``p`` put back at the sliced positions, zeros elsewhere (the rule
+    :func:`ebr_onnx.rules.routing.slice_`): per sliced axis, a step ``s`` spreads the signal with ``s − 1`` zeros
+    after each position (Unsqueeze, Pad, Reshape), then Pad places it at its start (positive steps, never along the
+    batch axis)."""
+    ctx, p = b.ctx, signals[0]
+    shape = list(ctx.shape(node.inputs[0]))
+    current = list(ctx.shape(node.outputs[0]))
+    name = p.name
+    for axis, index in enumerate(slices(ctx, node, tuple(shape))):
+        if index == slice(None) or axis == 0:
+            continue
+        start, _, step = index.indices(shape[axis])
+        count = current[axis]
+        if step > 1 and count:
+            spread = [0] * (2 * (len(shape) + 1))
+            spread[axis + 1 + len(shape) + 1] = step - 1
+            name = b.op("Pad", [b.op("Unsqueeze", [name, b.constant(np.asarray([axis + 1], np.int64), "axes")]),
+                                b.constant(np.asarray(spread, np.int64), "pads")])
+            current[axis] = count * step
+            target = [0] + current[1:]
+            name = b.op("Reshape", [name, b.constant(np.asarray(target, np.int64), "shape")])
+        end = shape[axis] - start - current[axis]
+        pads = [0] * (2 * len(shape))
+        pads[axis], pads[axis + len(shape)] = start, max(end, 0)
+        name = b.op("Pad", [name, b.constant(np.asarray(pads, np.int64), "pads")])
+        if end < 0:  # the zeros spread after the last position reach beyond the input
+            bounds = [b.constant(np.asarray([v], np.int64), "index") for v in (0, shape[axis], axis)]
+            name = b.op("Slice", [name, *bounds])
+        current[axis] = shape[axis]
+    return [Lowered(name, p.scaled)] + [None] * (len(node.inputs) - 1)
 
 
 @lowering(["Identity", "Dropout"])

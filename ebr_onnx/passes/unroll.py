@@ -16,6 +16,13 @@ computed from input *shapes* (``Shape``/``Size`` of tensors whose shapes inferen
 a ``Range``) and the iteration count; a ``Scan`` when the length of its scan inputs is known. Those values are folded
 with :class:`onnx.reference.ReferenceEvaluator`, node by node, twice: with every free input dimension set to 2 and to
 3; a value that differs between the two depends on a free dimension (pass ``input_shapes``).
+
+A ``Loop`` that stops on its own outputs (a greedy decoder that stops after emitting ``<eos>``, or breaks out through
+an ``If`` on them) raises :class:`DataDependentLoop`; run the model once and pass the number of steps each such Loop
+made as ``steps`` (:mod:`ebr_onnx.recurrent.decoding` does): it is then unrolled to exactly that many steps, its trip
+count and conditions left unread (the unrolled graph repeats that run's steps for any input). A sequence appended to
+once per step (``SequenceEmpty``, ``SequenceInsert``) and stacked after the loop (``ConcatFromSequence``) becomes a
+``Concat`` of the appended tensors.
 """
 from __future__ import annotations
 
@@ -41,6 +48,15 @@ class _NotKnown(Exception):
     """A value that cannot be folded: it depends on input values (the message names the tensor)."""
 
 
+class DataDependentLoop(EbrError):
+    """A ``Loop`` whose trip count or condition depends on the input values: unroll it with ``steps``."""
+
+
+def loop_key(node: onnx.NodeProto) -> str:
+    """The name a ``Loop`` is known by in ``steps``: its node name, else ``Loop:<first output>``."""
+    return node.name or f"{node.op_type}:{node.output[0]}"
+
+
 def _is_control(node: onnx.NodeProto) -> bool:
     return node.op_type in LOOP_OPS and node.domain in ("", "ai.onnx")
 
@@ -55,13 +71,16 @@ def has_loops(model: onnx.ModelProto) -> bool:
     return bool(loop_nodes(model))
 
 
-def unroll_loops(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
+def unroll_loops(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 steps: Mapping[str, int] | None = None) -> onnx.ModelProto:
     """A copy of ``model`` with every ``Loop`` and ``Scan`` of the main graph unrolled into per-step ops.
 
     ``input_shapes`` fixes the shapes of model inputs (the given inputs' declared dims are pinned in the result, since
     the unrolled graph holds one step per element of the sequence); without it the declared shapes are used.
-    Raises :class:`EbrError` naming the node for a ``Loop`` whose trip count or condition depends on input values
-    (or on a free input dimension), and for nested subgraphs other than an ``If`` with a known condition.
+    ``steps`` gives Loops (by :func:`loop_key`) the number of steps a run made: those are unrolled to it.
+    Raises :class:`DataDependentLoop` naming the node for a ``Loop`` whose trip count or condition depends on input
+    values, :class:`EbrError` for one that depends on a free input dimension, and for nested subgraphs other than an
+    ``If`` with a known condition.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -70,8 +89,59 @@ def unroll_loops(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     opsets = {o.domain or "": o.version for o in out.opset_import}
     while has_loops(out):
         index = next(i for i, n in enumerate(out.graph.node) if _is_control(n))
-        _Unroller(out, index, opsets, _shape_tables(out, shapes)).run()
+        _Unroller(out, index, opsets, _shape_tables(out, shapes), dict(steps or {})).run()
+    _stack_sequences(out)
     return out
+
+
+def _stack_sequences(model: onnx.ModelProto) -> None:
+    """Replace each ``ConcatFromSequence`` of a sequence built by appends (``SequenceEmpty`` then ``SequenceInsert``
+    at the end, as an unrolled loop that appends one tensor per step leaves it: PyTorch's scripted list appends) by
+    ``Unsqueeze`` + ``Concat`` (``new_axis`` 1) or ``Concat`` of the appended tensors, in order; the sequence ops
+    left unused are dropped."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output if o}
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "ConcatFromSequence":
+            continue
+        parts, name = [], node.input[0]
+        while name in producer and producer[name].op_type in ("SequenceInsert", "Identity"):
+            step = producer[name]
+            if step.op_type == "SequenceInsert":
+                if len(step.input) > 2 and step.input[2]:
+                    break   # an insert at a position: not a plain append
+                parts.append(step.input[1])
+            name = step.input[0]
+        if name not in producer or producer[name].op_type != "SequenceEmpty" or not parts:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis, new_axis = int(attrs.get("axis", 0)), int(attrs.get("new_axis", 0))
+        nodes = []
+        if new_axis:
+            stacked = []
+            axes = f"{node.output[0]}/axes"
+            nodes.append(helper.make_node("Constant", [], [axes], name=axes,
+                                          value=numpy_helper.from_array(np.array([axis], np.int64), axes)))
+            for k, part in enumerate(reversed(parts)):
+                stacked.append(f"{node.output[0]}/t{k}")
+                nodes.append(helper.make_node("Unsqueeze", [part, axes], [stacked[-1]], name=stacked[-1]))
+        else:
+            stacked = list(reversed(parts))
+        nodes.append(helper.make_node("Concat", stacked, [node.output[0]], name=node.name or node.output[0],
+                                      axis=axis))
+        replaced[index] = nodes
+    if not replaced:
+        return
+    nodes = [m for i, n in enumerate(graph.node) for m in replaced.get(i, [n])]
+    live = {o.name for o in graph.output}
+    kept = []
+    for n in reversed(nodes):
+        if any(o in live for o in n.output) or not n.output:
+            kept.append(n)
+            live.update(_all_inputs(n))
+    del graph.node[:]
+    graph.node.extend(kept[::-1])
 
 
 def _pin_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -148,8 +218,10 @@ class _Folder:
 class _Unroller:
     """Replaces the ``Loop``/``Scan`` at ``index`` of the main graph by its per-step copies."""
 
-    def __init__(self, model: onnx.ModelProto, index: int, opsets: dict[str, int], shapes: tuple[dict, dict]):
+    def __init__(self, model: onnx.ModelProto, index: int, opsets: dict[str, int], shapes: tuple[dict, dict],
+                 steps: Mapping[str, int] | None = None):
         g = model.graph
+        self.given = (steps or {}).get(loop_key(g.node[index]))
         self.graph = g
         self.index = index
         self.node = g.node[index]
@@ -164,12 +236,13 @@ class _Unroller:
         self.used = {t for n in g.node for t in _all_inputs(n)} | {o.name for o in g.output}
 
     # -- folding --------------------------------------------------------------------------------------------------
-    def known(self, name: str, what: str) -> np.ndarray:
-        """The value of ``name`` independent of input values and free dimensions, or an :class:`EbrError`."""
+    def known(self, name: str, what: str, control: bool = False) -> np.ndarray:
+        """The value of ``name`` independent of input values and free dimensions, or an :class:`EbrError`
+        (:class:`DataDependentLoop` for a Loop's own trip count or condition, ``control``)."""
         try:
             a, b = (f.fold(name) for f in self.folders)
         except _NotKnown as exc:
-            raise EbrError(
+            raise (DataDependentLoop if control else EbrError)(
                 f"{self.node.op_type} node {self.name!r} cannot be unrolled: its {what} is not known before running "
                 f"({exc}); supported: trip counts and conditions that are constants or computed from input shapes "
                 "and the iteration count"
@@ -233,7 +306,15 @@ class _Unroller:
                 self.emit(self._renamed(node, env, prefix, i))
 
     def inline_if(self, node: onnx.NodeProto, env: dict[str, str], prefix: str, i: int) -> None:
-        cond = bool(np.asarray(self.known(env.get(node.input[0], node.input[0]), f"If {node.name!r} condition")).all())
+        name, what = env.get(node.input[0], node.input[0]), f"If {node.name!r} condition"
+        loop = self.node.op_type == "Loop"
+        if self.given is not None and loop:
+            try:
+                self.known(name, what, True)
+            except DataDependentLoop:   # a data-dependent break: it only steers the stop, which a run has told
+                self.emit(self._renamed(node, env, prefix, i))   # (dropped as dead, unless the If computes values)
+                return
+        cond = bool(np.asarray(self.known(name, what, loop)).all())
         branch = next(a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch"))
         sub = f"{prefix}/{node.name or f'If_{i}'}"
         local = dict(env)
@@ -276,8 +357,11 @@ class _Unroller:
     def unroll_loop(self, body: onnx.GraphProto) -> None:
         node = self.node
         trip, cond = (list(node.input) + ["", ""])[:2]
-        limit = int(self.known(trip, "trip count")) if trip else None
-        running = bool(self.known(cond, "initial condition")) if cond else True
+        if self.given is not None:   # a run made this many steps: trip count and conditions are not read
+            limit, running = int(self.given), True
+        else:
+            limit = int(self.known(trip, "trip count", True)) if trip else None
+            running = bool(self.known(cond, "initial condition", True)) if cond else True
         state = list(node.input[2:])
         n_state = len(state)
         it_name, cond_in = body.input[0].name, body.input[1].name
@@ -298,7 +382,8 @@ class _Unroller:
             state = [env.get(o, o) for o in outs[1:1 + n_state]]
             for parts, o in zip(scans, outs[1 + n_state:]):
                 parts.append(env.get(o, o))
-            running = bool(self.known(env.get(outs[0], outs[0]), f"condition at step {t}"))
+            if self.given is None:
+                running = bool(self.known(env.get(outs[0], outs[0]), f"condition at step {t}", True))
             t += 1
         if t == 0:
             raise EbrError(f"Loop node {self.name!r} runs zero times for these input shapes; nothing to unroll")

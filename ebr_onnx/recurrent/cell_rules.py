@@ -30,7 +30,7 @@ from ..core.errors import EbrError
 from ..core.graph import ModelGraph, Node
 from ..core.numeric import safe_divide, unbroadcast
 from ..passes.cells import AnyCell, AnyGateSum, Cell, GateSum, GruCell, StackedGateSum
-from ..rules.routing import slices
+from ..rules.routing import checked_indices, slices
 
 RuleFn = registry.RuleFn
 NeedsFn = Callable[[Node], "list[str] | None"]
@@ -136,7 +136,7 @@ class _Contribution:
         xp = ctx.xp
         scale = float(self.node.attr("alpha", 1.0)) if self.node.op_type == "Gemm" else 1.0
         w, x = scale * ctx.value(self.node.inputs[self.weight_at]), ctx.value(self.x)
-        if bool((x < 0).any()):
+        if ctx.has_negative(x):
             return self._forward(ctx, xp.maximum(x, 0), xp.maximum(w, 0)) + \
                 self._forward(ctx, xp.minimum(x, 0), xp.minimum(w, 0))
         return self._forward(ctx, x, xp.maximum(w, 0))
@@ -149,7 +149,9 @@ class _Contribution:
 
 
 def _gather(ctx: RuleContext, node: Node, z: Any, into: str, out: str) -> Any:
-    return ctx.xp.take(z, ctx.xp.asarray(ctx.value(node.inputs[1])), axis=int(node.attr("axis", 0)))
+    axis = int(node.attr("axis", 0)) % z.ndim
+    indices = checked_indices(ctx, node, node.inputs[1], z.shape[axis])  # before the take: CuPy's wraps
+    return ctx.xp.take(z, ctx.xp.asarray(indices), axis=axis)
 
 
 def _slice(ctx: RuleContext, node: Node, z: Any, into: str, out: str) -> Any:

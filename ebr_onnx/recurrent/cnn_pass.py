@@ -1,13 +1,13 @@
 """The CNN part of a recurrent method, in chunks of frames: the boundary values (the first pass) and Eq. 9 from the
 boundary down to the layer (the second pass), each chunk capturing only what its rules read; the chunks' captures
-are kept from the first pass when they fit in :data:`KEEP_BYTES`."""
+are kept from the first pass when they fit in :data:`KEEP_BYTES`. Frames, captures, the boundary and the signals are
+arrays of the engine's module: on a GPU they stay on the device from the upload of the clip to the layer's signal."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..core.backend import to_numpy
 from ..core.engine import Engine
 from ..core.errors import ForwardRejected
 from ..core.request import Progress
@@ -26,7 +26,7 @@ class CnnPass:
     """The CNN part in frame chunks: the boundary values (first pass) and the walk from the boundary to the layer
     (second pass, reusing the first pass's captures when they fit in :data:`KEEP_BYTES`)."""
 
-    def __init__(self, engine: Engine, p: Plan, layers: Sequence[str], mode: str, frames: np.ndarray,
+    def __init__(self, engine: Engine, p: Plan, layers: Sequence[str], mode: str, frames: Any,
                  feeds: Mapping[str, np.ndarray], progress: Progress | None = None) -> None:
         """``layers``: the layer's tensor, or its copies in a CNN run once per frame (their signals are stacked in
         time order on a new leading axis); ``progress`` is told the share of the call done after each chunk."""
@@ -40,8 +40,8 @@ class CnnPass:
             self.targets = list(layers) if set(layers) <= part_tensors(p.cnn) else [p.frames]
         self.nodes = [] if self.targets == [p.boundary] else graph.nodes_between(self.targets, [p.boundary])
         self.below = [] if self.targets == list(layers) else graph.nodes_between([self.layer], [p.frames])
-        self.kept: list[dict[str, np.ndarray]] | None = None
-        self._boundary: np.ndarray | None = None
+        self.kept: list[dict[str, Any]] | None = None
+        self._boundary: Any = None
         # set when the CNN part only runs on all frames at once (a batch size fixed at export, one copy per frame)
         self.whole = len(self.targets) > 1
         #: The warnings of the CNN walks, in the order they were met.
@@ -56,7 +56,7 @@ class CnnPass:
         size = self.count if self.whole else self.engine.batch_size
         return [slice(s, min(s + size, self.count)) for s in range(0, self.count, size)]
 
-    def _chunk_feeds(self, chunk: slice) -> dict[str, np.ndarray]:
+    def _chunk_feeds(self, chunk: slice) -> dict[str, Any]:
         return {**self.feeds, self.p.frames: self.frames[chunk]}
 
     def _shapes(self, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -67,12 +67,12 @@ class CnnPass:
         """What the CNN rules read."""
         return self.engine.capture_plan(self.nodes, self.mode, shapes)
 
-    def boundary_values(self) -> np.ndarray:
+    def boundary_values(self) -> Any:
         """The boundary for all frames, computed chunk by chunk (keeping the CNN rules' captures if small)."""
         if self._boundary is not None:
             return self._boundary
         if self.p.cnn is None:
-            self._boundary = np.asarray(self.frames)
+            self._boundary = self.frames
             return self._boundary
         try:
             self._run_chunks()
@@ -90,17 +90,17 @@ class CnnPass:
             self._report(FIRST_PASS_SHARE * i / len(chunks))
             feeds = self._chunk_feeds(chunk)
             captures = self._captures(self._shapes(feeds))
-            values = self.p.cnn.run(feeds, [self.p.boundary] + captures)
+            values = self.p.cnn.run(feeds, [self.p.boundary] + captures, keep_on_device=True)
             parts.append(values[self.p.boundary] if self.p.boundary in captures else values.pop(self.p.boundary))
-            size += sum(np.asarray(v).nbytes for v in values.values())
+            size += sum(int(v.nbytes) for v in values.values())
             if size <= KEEP_BYTES:
                 kept.append(values)
             else:
                 kept.clear()  # they do not all fit: none is kept (the walk re-runs each chunk)
         self.kept = kept if len(kept) == len(parts) else None
-        self._boundary = np.concatenate(parts)
+        self._boundary = parts[0] if len(parts) == 1 else self.engine.xp.concatenate(parts)
 
-    def _walk(self, i: int, chunk: slice, start: np.ndarray) -> np.ndarray:
+    def _walk(self, i: int, chunk: slice, start: Any) -> Any:
         """Eq. 9 on one chunk of frames, with the first pass's captures or a new run of the CNN part."""
         engine = self.engine
         feeds = self._chunk_feeds(chunk)
@@ -109,26 +109,28 @@ class CnnPass:
         if self.kept is not None:
             values, self.kept[i] = self.kept[i], {}  # each chunk is walked once: its captures go as the walk goes
         else:
-            values = self.p.cnn.run(feeds, [self.p.boundary] + captures)  # the first pass's session
+            values = self.p.cnn.run(feeds, [self.p.boundary] + captures, keep_on_device=True)  # the 1st pass's session
         ctx = engine.context(self.mode, {**values, self.p.frames: feeds[self.p.frames]}, shapes,
                                 owns_values=True)
         del values
         got = walk(ctx, self.nodes, {self.p.boundary: engine.xp.asarray(start[chunk])}, keep=set(self.targets),
                    reach=engine.graph.signal_tensors(self.targets), release=True)
         self.warnings.extend(ctx.warnings)
-        parts = [np.zeros(ctx.shape(t), engine.dtype) if got.get(t) is None else to_numpy(got[t])
-                 for t in self.targets]
+        xp = engine.xp
+        parts = [xp.zeros(ctx.shape(t), engine.dtype) if got.get(t) is None else got[t] for t in self.targets]
         self._report(FIRST_PASS_SHARE + (1 - FIRST_PASS_SHARE) * (chunk.stop / self.count))
-        return parts[0] if len(parts) == 1 else np.stack(parts)
+        return parts[0] if len(parts) == 1 else xp.stack(parts)
 
-    def backward(self, start: np.ndarray) -> np.ndarray:
-        """Eq. 9 from the boundary to the layer, per chunk of frames; then through the input's reshapes if needed."""
+    def backward(self, start: Any) -> Any:
+        """Eq. 9 from the boundary to the layer, per chunk of frames; then through the input's reshapes if needed
+        (an array of the engine's module)."""
         engine, xp = self.engine, self.engine.xp
         if not self.nodes:
             signal = start
         else:
             try:
-                signal = np.concatenate([self._walk(i, chunk, start) for i, chunk in enumerate(self.chunks())])
+                parts = [self._walk(i, chunk, start) for i, chunk in enumerate(self.chunks())]
+                signal = parts[0] if len(parts) == 1 else xp.concatenate(parts)
             except ForwardRejected:  # the CNN part takes all frames at once (a batch size fixed at export)
                 if self.whole or len(self.chunks()) == 1:
                     raise
@@ -139,5 +141,5 @@ class CnnPass:
             ctx = engine.context(self.mode, dict(self.feeds), shapes)
             got = walk(ctx, self.below, {self.p.frames: xp.asarray(signal)}, keep={self.layer}).get(self.layer)
             self.warnings.extend(ctx.warnings)
-            signal = to_numpy(got)
+            signal = got
         return signal

@@ -165,6 +165,14 @@ def band_sums(maps: np.ndarray, spatial: int, bands: int) -> np.ndarray:
     return np.array([moved[a:b].sum() for a, b in zip(edges[:-1], edges[1:])], dtype=maps.dtype)
 
 
+def time_axes(graph: ModelGraph, shapes: dict[str, tuple[int, ...]], start: str, axis: int) -> dict[str, int]:
+    """Where axis ``axis`` (time) of ``start`` is in every tensor that keeps it whole, followed forward through the
+    ops :func:`trace_time_axis` follows (a tensor that reduces or contracts the axis is not in the table)."""
+    tracer = _Tracer(graph, start, axis, shapes)
+    tracer.run()
+    return dict(tracer.time_axis)
+
+
 #: What :func:`trace_time_axis` returns when the time axis cannot be followed to the end tensor.
 UNTRACED = object()
 

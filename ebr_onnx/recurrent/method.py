@@ -4,12 +4,15 @@ A video model is read as three parts (:mod:`.plan`): a per-frame CNN from the *f
 *boundary*, and the recurrent part from the boundary to the logits.
 
 1. **RNN backward.** A prior — a one-hot 1.0 on the target's pre-softmax logit at ``time_step`` (default the last;
-   several steps or ``"all"`` sum their one-hots; :mod:`.steps`) — is propagated to the boundary: ``P`` (Eqs. 1, 3).
+   several steps or ``"all"`` sum their one-hots; :mod:`.steps`; a captioner's word steps ``"first"``, ``"last"`` or
+   a word, and several words one pass each: :mod:`.words`) — is propagated to the boundary: ``P`` (Eqs. 1, 3).
    The recurrent ops use :mod:`ebr_onnx.rules.recurrent` (unrolled cells: :mod:`.cell_rules`) with
    ``recurrent_rules``. ``cebr`` repeats the pass with the classifier's weights negated (bias untouched): ``P̄``
    (Eqs. 2, 4).
 2. **Temporal normalisation** (Eqs. 5–7, spec §1.6): ``ebr``: ``M = P / ΣP``; ``cebr``: ``M = P / ΣP − P̄ / ΣP̄``,
    each total over all frames and units. A zero total sets that term to 0 with a warning. ``gradr`` skips this.
+   On a GPU the passes, the normalisation and the CNN walk stay on the device (:mod:`ebr_onnx.core.device` lists
+   the host reads: the logits, one read of the totals per pass, the results).
 3. **CNN backward** (Eqs. 8–9): ``M`` continues once (the rules are linear) down to ``layer``, in chunks of
    ``batch_size`` frames (:mod:`.cnn_pass`).
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +45,7 @@ from .frames import FrameLayout, UntracedLayer, band_sums, frame_layout, input_t
 from .plan import Plan, build_plan
 from .sequences import sequence_axis, sequence_frames, sequence_priors
 from .steps import recurrence_length, time_axis
+from .words import caption_spec, caption_words, explain_words, several_words, word_time_step
 
 RECURRENT_METHODS = ("ebr", "cebr", "gradr")
 
@@ -53,6 +57,8 @@ class RecurrentMethod:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._plans: dict[tuple[str, str | None], Plan] = {}
+        #: What the model's metadata says about a caption's words (a captioner's; :mod:`.words`).
+        self.spec = caption_spec(engine.graph, engine.input_name, engine.labels)
 
     def plan(self, logits: str, boundary: str | None) -> Plan:
         key = (logits, boundary)
@@ -77,7 +83,8 @@ class RecurrentMethod:
                            "map CNN layers (or the boundary itself)")
         with engine.blas():
             feeds = engine.feeds(request.inputs, request.extra_inputs)
-            frames = feeds[p.frames] if p.to_frames is None else p.to_frames.run(feeds, [p.frames])[p.frames]
+            frames = engine.on_device(feeds[p.frames]) if p.to_frames is None else \
+                p.to_frames.run(feeds, [p.frames], keep_on_device=True)[p.frames]
             layout = _layer_layout(engine, p, layer_t, feeds)
             cnn = CnnPass(engine, p, layout.tensors, mode, frames, feeds, request.progress)
 
@@ -88,47 +95,52 @@ class RecurrentMethod:
             captures = sorted(set(engine.capture_plan(p.rnn_nodes, mode, shapes, [logits], needs))
                               | {o for n in p.rnn_nodes for o in n.outputs if o})
             if p.rnn is None:
-                values = engine.runner.run(feeds, captures + [p.boundary])
+                values = engine.runner.run(feeds, captures + [p.boundary], keep_on_device=True)
             else:
                 bound = cnn.boundary_values()
-                values = {p.boundary: bound, **p.rnn.run({**feeds, p.boundary: bound}, captures)}
+                values = {p.boundary: bound, **p.rnn.run({**feeds, p.boundary: bound}, captures, keep_on_device=True)}
             shapes = {**shapes, **{k: tuple(np.shape(v)) for k, v in values.items()}}
-            out = np.asarray(values[logits])
+            out = to_numpy(values[logits])
             n_frames = cnn.count
             length = recurrence_length(p, shapes)
             axis = time_axis(graph, shapes, p, out, length or n_frames, request.time_axis)
             seq_axis, count = sequence_axis(out, axis)
+            words = caption_words(self.spec, engine.labels, out, axis, seq_axis, feeds)  # a captioner's, else None
+            if words is not None and several_words(request.target):
+                return explain_words(self.explain, request)  # several words of one caption: one pass each
+            time_step = word_time_step(request.time_step, request.target, words, self.spec, engine.labels)
             groups = [np.arange(n_frames)] if count == 1 else \
                 sequence_frames(engine, p, values[p.boundary], count, feeds)
             top, classes, steps = sequence_priors(engine.labels, out, axis, seq_axis, request.target, request.prior,
-                                                  request.time_step, logits, engine.dtype)
+                                                  time_step, logits, engine.dtype)
 
             # 2. the RNN backward, the dual pass and the time normalisation
             warns: list[str] = []
             reach = graph.signal_tensors([p.boundary])
 
-            def rnn_pass(negated: frozenset[str]) -> np.ndarray:
+            def rnn_pass(negated: frozenset[str]) -> Any:
                 ctx = engine.context(mode, values, shapes, negated=negated, overrides=overrides, options=options)
                 got = walk(ctx, p.rnn_nodes, {logits: xp.asarray(top)}, keep={p.boundary}, reach=reach).get(p.boundary)
                 warns.extend(ctx.warnings)
-                return np.zeros(ctx.shape(p.boundary), engine.dtype) if got is None else to_numpy(got)
+                return xp.zeros(ctx.shape(p.boundary), engine.dtype) if got is None else got
 
-            passes = Passes(pos=rnn_pass(frozenset()))
-            if passes.pos.shape[0] != n_frames:
-                raise EbrError(f"the boundary {p.boundary!r} has shape {passes.pos.shape}, whose leading axis is not "
+            pos, neg = rnn_pass(frozenset()), None
+            if pos.shape[0] != n_frames:
+                raise EbrError(f"the boundary {p.boundary!r} has shape {pos.shape}, whose leading axis is not "
                                f"the {n_frames} frames; name the per-frame tensor with boundary=…")
             if method == "gradr":
-                start = passes.pos
+                start = pos
             else:
-                start = _normalised(passes.pos, groups, "", p.boundary, warns)
+                start = _normalised(xp, pos, groups, "", p.boundary, warns)
                 if method == "cebr":
-                    passes = replace(passes, neg=rnn_pass(dual_nodes(graph, engine.signal, logits,
-                                                                     request.classifier)))
-                    start = start - _normalised(passes.neg, groups, " of the dual unit", p.boundary, warns)
+                    neg = rnn_pass(dual_nodes(graph, engine.signal, logits, request.classifier))
+                    start = start - _normalised(xp, neg, groups, " of the dual unit", p.boundary, warns)
 
             # 3. the CNN backward, chunk by chunk
-            signal = cnn.backward(start)
+            signal = to_numpy(cnn.backward(start))
             warns.extend(cnn.warnings)
+            passes = Passes(pos=to_numpy(pos), neg=None if neg is None else to_numpy(neg))
+            start = to_numpy(start)
         check_finite(signal, method, layer_t)
         all_maps = layout.maps(signal, len(groups))
         spatial = spatial_time_axis(graph, shapes, p.boundary, p.recurrent, length, len(groups[0]),
@@ -152,7 +164,7 @@ class RecurrentMethod:
                       layer=temporal, boundary=boundary_mass),
             info=ExplainInfo(logits=logits, boundary=p.boundary, frames=p.frames, time_axis=axis, time_steps=steps,
                              recurrent_rules=options.recurrent_rules if mode == "eb" else None,
-                             boundary_signal=start, passes=passes, layer_tensors=layout.tensors),
+                             boundary_signal=start, passes=passes, layer_tensors=layout.tensors, caption=words),
             warnings=list(dict.fromkeys(warns)),
         )
 
@@ -182,14 +194,16 @@ def _cell_rules(graph: ModelGraph, p: Plan, mode: str, options: RuleOptions
     return cell_overrides(graph, p.cells, options.recurrent_rules), cell_needs(graph, p.cells, options.recurrent_rules)
 
 
-def _normalised(signal: np.ndarray, groups: Sequence[np.ndarray], which: str, boundary: str,
-                warns: list[str]) -> np.ndarray:
-    """Eq. 5/6 for each sequence: ``P / ΣP`` over its frames and all units; a zero total gives zeros and a warning
-    (added to ``warns`` and issued as a RuntimeWarning)."""
-    out = np.zeros_like(signal)
-    for n, frames in enumerate(groups):
-        part = signal[frames]
-        total = float(part.sum(dtype=np.float64))
+def _normalised(xp: Any, signal: Any, groups: Sequence[np.ndarray], which: str, boundary: str,
+                warns: list[str]) -> Any:
+    """Eq. 5/6 for each sequence: ``P / ΣP`` over its frames and all units, on the walk's device (one host read of
+    the totals: a zero total gives zeros and a warning, added to ``warns`` and issued as a RuntimeWarning)."""
+    whole = len(groups) == 1 and len(groups[0]) == signal.shape[0] and bool((groups[0] == np.arange(
+        signal.shape[0])).all())
+    index = [slice(None) if whole else xp.asarray(frames) for frames in groups]
+    totals = xp.stack([signal[i].sum(dtype=np.float64) for i in index])
+    out = xp.zeros_like(signal)
+    for n, total in enumerate(to_numpy(totals)):
         if total == 0.0:
             which_sequence = f" (sequence {n})" if len(groups) > 1 else ""
             message = (f"[zero-total] the EB-R pass{which}{which_sequence} delivers no signal at the boundary "
@@ -198,5 +212,5 @@ def _normalised(signal: np.ndarray, groups: Sequence[np.ndarray], which: str, bo
             warnings.warn(message, RuntimeWarning, stacklevel=4)  # at the caller of Explainer.explain
             warns.append(message)
             continue
-        out[frames] = part / np.asarray(total, signal.dtype)
+        out[index[n]] = signal[index[n]] / totals[n].astype(signal.dtype)
     return out

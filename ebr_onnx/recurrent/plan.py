@@ -1,30 +1,32 @@
 """The parts of a video model (paper Alg. 1): a per-frame CNN from the *frames* tensor (the explained input, or its
 in-graph reshape whose leading axis is frames) up to the RNN→CNN *boundary* (the lowest recurrent op's per-frame
-input, traced down through layout ops; ``boundary=`` overrides), and the recurrent part from the boundary to the
+input, traced down through layout ops; where the frames are pooled before the recurrence, the pooling's per-frame
+input, :mod:`.pooling`; ``boundary=`` overrides), and the recurrent part from the boundary to the
 logits — each run by a sub-model of its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 import onnx
 
+from ..core.device import DeviceArrays
 from ..core.engine import Engine
 from ..core.errors import EbrError
 from ..core.forward import ForwardRunner
 from ..core.graph import ModelGraph, Node
 from ..core.ops import LAYOUT_OPS, PICK_OPS, RECURRENT_OPS, VALUE_FREE_OPS
 from ..passes.cells import AnyCell, find_cells
+from .pooling import pooled_boundary
 
 
 class SubModel:
     """The nodes that compute ``outputs`` from ``inputs`` (and the model inputs they also read), as a model of its
     own with a forward runner; tensor names are those of the full graph, and the weights are the full graph's arrays
-    (shared, not copied)."""
+    (shared, not copied; on a GPU the explainer's device copies, ``arrays``)."""
 
     def __init__(self, graph: ModelGraph, inputs: Sequence[str], outputs: Sequence[str], device: str,
-                 threads: int | None) -> None:
+                 threads: int | None, arrays: DeviceArrays | None = None) -> None:
         stop, needed, stack = set(inputs), set(), list(outputs)
         while stack:
             name = stack.pop()
@@ -48,10 +50,12 @@ class SubModel:
         sub = onnx.helper.make_model(proto, opset_imports=model.opset_import, ir_version=model.ir_version)
         sub.functions.extend(model.functions)
         self.graph = ModelGraph(sub, check=False, weights=weights)
-        self.runner = ForwardRunner(self.graph, device, threads)
+        self.runner = ForwardRunner(self.graph, device, threads, arrays=arrays)
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        return self.runner.run({k: feeds[k] for k in self.inputs}, outputs)
+    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str], keep_on_device: bool = False
+            ) -> dict[str, Any]:
+        """:meth:`ForwardRunner.run` of the part (device arrays with ``keep_on_device`` on a GPU)."""
+        return self.runner.run({k: feeds[k] for k in self.inputs}, outputs, keep_on_device)
 
 
 def _value_info(graph: ModelGraph, name: str, free_leading: bool) -> onnx.ValueInfoProto:
@@ -102,20 +106,21 @@ def build_plan(engine: Engine, logits: str, boundary: str | None) -> Plan:
         candidates = [graph.trace_down(n.inputs[0], LAYOUT_OPS) for n in recurrent]
         candidates += [graph.trace_down(t, LAYOUT_OPS | PICK_OPS) for c in cells for t in c.x_inputs]
         bound = min(candidates, key=lambda t: graph.producer[t].index if t in graph.producer else -1)
+        bound = pooled_boundary(graph, _trace_up(graph, engine.input_name, bound), bound)  # frames pooled first
     else:
         raise EbrError(f"no recurrent layer (LSTM/GRU/RNN op or unrolled LSTM cells) between the input and {logits!r}; "
                        "name the RNN→CNN boundary with boundary=…")
     if bound not in graph.signal_tensors([engine.input_name]):
         raise EbrError(f"boundary {bound!r} does not depend on the input {engine.input_name!r}")
     frames = _trace_up(graph, engine.input_name, bound)
-    device, threads = engine.device, engine.threads
-    cnn = SubModel(graph, [frames], [bound], device, threads) if frames != bound else None
-    rnn = SubModel(graph, [bound], [logits], device, threads)
+    device, threads, arrays = engine.device, engine.threads, engine.arrays
+    cnn = SubModel(graph, [frames], [bound], device, threads, arrays) if frames != bound else None
+    rnn = SubModel(graph, [bound], [logits], device, threads, arrays)
     cnn_side = {n.name for n in cnn.nodes} if cnn else set()
     signal = engine.signal
     if any(n.name in cnn_side and any(o in signal for o in n.outputs) for n in rnn.nodes):
         rnn = None  # the recurrent part reads the CNN elsewhere than at the boundary: run the whole model instead
-    to_frames = SubModel(graph, [engine.input_name], [frames], device, threads) \
+    to_frames = SubModel(graph, [engine.input_name], [frames], device, threads, arrays) \
         if frames != engine.input_name else None
     return Plan(logits, bound, frames, recurrent, cells, graph.nodes_between([bound], [logits]), cnn, rnn, to_frames)
 

@@ -9,7 +9,7 @@ normalise each sequence over its own frames.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,13 +30,14 @@ def sequence_axis(out: np.ndarray, time_axis: int | None) -> tuple[int | None, i
     return (others[0], out.shape[others[0]]) if others else (None, 1)
 
 
-def sequence_frames(engine: Engine, p: Plan, boundary: np.ndarray, count: int, feeds: Mapping[str, np.ndarray]
+def sequence_frames(engine: Engine, p: Plan, boundary: Any, count: int, feeds: Mapping[str, np.ndarray]
                     ) -> list[np.ndarray]:
     """The boundary frames (indices on its leading axis) of each of ``count`` sequences, in time order (``feeds``:
-    the model inputs, whose shapes the layout ops may read)."""
+    the model inputs, whose shapes the layout ops may read; ``boundary``: only its shape is read). The codes come
+    back to the host (a sync on a GPU: they assign frames in Python)."""
     targets = _recurrence_inputs(p)
     if p.codes is None:
-        p.codes = SubModel(engine.graph, [p.boundary], targets, engine.device, engine.threads)
+        p.codes = SubModel(engine.graph, [p.boundary], targets, engine.device, engine.threads, engine.arrays)
     code = np.arange(boundary.shape[0], dtype=np.float32).reshape(-1, *([1] * (boundary.ndim - 1)))
     got = p.codes.run({**feeds, p.boundary: np.ascontiguousarray(np.broadcast_to(code, boundary.shape))}, targets)
     frames: list[list[int]] = [[] for _ in range(count)]

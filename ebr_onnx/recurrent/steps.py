@@ -7,7 +7,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..core.errors import EbrError
-from ..core.graph import ModelGraph
+from ..core.graph import ModelGraph, Node
+from ..core.ops import LAYOUT_OPS
 from ..core.request import TimeStep
 from ..core.targets import Target, target_classes
 from .frames import UNTRACED, trace_time_axis
@@ -16,18 +17,41 @@ from .plan import Plan
 
 def recurrence_length(p: Plan, shapes: Mapping[str, tuple]) -> int | None:
     """The number of steps of the last recurrence, from its run-time shapes: a fused op's Y (or, when Y is not
-    used, its input X), else the longest chain of unrolled cells."""
+    used, its input X) — for fused ops of one step each chained through their states (a decoding loop unrolled, one
+    op per step), the chain's length — else the longest chain of unrolled cells."""
     if p.recurrent:
         last = p.recurrent[-1]
         axis = 1 if last.attr("layout", 0) else 0
         for name in (last.outputs[0] if last.outputs else "", last.inputs[0]):
             if name and len(shapes.get(name, ())) > axis:
-                return int(shapes[name][axis])
+                steps = int(shapes[name][axis])
+                return _chained_steps(p, last, shapes) if steps == 1 else steps
         return None
     chains: dict[int, int] = {}
     for cell in p.cells:
         chains[cell.chain] = chains.get(cell.chain, 0) + 1
     return max(chains.values()) if chains else None
+
+
+def _chained_steps(p: Plan, last: Node, shapes: Mapping[str, tuple]) -> int:
+    """How many one-step fused ops of ``last``'s kind and size end in ``last``, each starting from the states the one
+    before it ended with (``initial_h``/``initial_c`` traced down through layout ops)."""
+    producers = {o: n for n in p.rnn_nodes for o in n.outputs if o}
+    count, node = 1, last
+    while True:
+        before = None
+        for state in node.inputs[5:7]:
+            while state in producers and producers[state].op_type in LAYOUT_OPS:
+                state = producers[state].inputs[0]
+            found = producers.get(state)
+            if found is not None and found.op_type == node.op_type and \
+                    found.attr("hidden_size") == node.attr("hidden_size"):
+                before = found
+                break
+        axis = 1 if before is not None and before.attr("layout", 0) else 0
+        if before is None or shapes.get(before.inputs[0], (0, 0))[axis] != 1:
+            return count
+        count, node = count + 1, before
 
 
 def time_axis(graph: ModelGraph, shapes: Mapping[str, tuple], p: Plan, out: np.ndarray, steps: int,

@@ -15,6 +15,7 @@ outputs), the *positive-contribution* rule is used: ``Z = f(x⁺, W⁺) + f(x⁻
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..core.context import RuleContext
 from ..core.errors import EbrError
-from ..core.geometry import ConvGeometry, weight_part
+from ..core.geometry import SPATIAL_AXES, ConvGeometry, weight_part
 from ..core.graph import Node
 from ..core.kernels import OrtConv
 from ..core.numeric import safe_divide, unbroadcast
@@ -77,7 +78,7 @@ def excite(ctx: RuleContext, node: Node, x: Any, p: Any, op) -> Any:
     """The EB identity above for one linear op given as ``op`` (an :class:`ArrayLinear` or a compiled kernel):
     ``x ⊙ Σ_blocks fᵀ(p ⊘₀ f(x, W⁺), W⁺)`` (Eq. 8)."""
     xp = ctx.xp
-    if bool((x < 0).any()):
+    if ctx.has_negative(x):
         warn_negative(ctx, node)
         x_pos, x_neg = xp.maximum(x, 0), xp.minimum(x, 0)
         pos = neg = None
@@ -133,45 +134,41 @@ def linear_rule(ctx: RuleContext, node: Node, x: Any, p: Any, op) -> Any:
 
 # -- Conv -------------------------------------------------------------------------------------------------------------
 def conv_forward(xp, geo: ConvGeometry, x: Any, w: Any) -> Any:
-    """``f(x, W)``: the convolution without bias, as one batched GEMM per kernel offset (shift-and-GEMM)."""
+    """``f(x, W)``: the convolution without bias, as one batched GEMM per kernel offset (shift-and-GEMM), on 2 or 3
+    spatial axes."""
     n, c = x.shape[:2]
     m, g = w.shape[0], geo.group
-    top, left, bottom, right = geo.pads
-    xp_ = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(geo.pads) else x
-    oh, ow = geo.out
+    xp_ = xp.pad(x, ((0, 0), (0, 0)) + tuple(zip(geo.begins, geo.ends))) if any(geo.pads) else x
+    cells = math.prod(geo.out)
     wk = _offset_major(xp, w, g)
-    y = xp.zeros((n, g, m // g, oh * ow), dtype=x.dtype)
-    for i in range(geo.kernel[0]):
-        for j in range(geo.kernel[1]):
-            rows, cols = geo.window(i, j)
-            patch = xp.ascontiguousarray(xp_[:, :, rows, cols]).reshape(n, g, c // g, oh * ow)
-            y += xp.matmul(wk[i, j], patch)
-    return y.reshape(n, m, oh, ow)
+    y = xp.zeros((n, g, m // g, cells), dtype=x.dtype)
+    for offset in geo.offsets():
+        patch = xp.ascontiguousarray(xp_[(slice(None), slice(None)) + geo.window(*offset)])
+        y += xp.matmul(wk[offset], patch.reshape(n, g, c // g, cells))
+    return y.reshape((n, m) + tuple(geo.out))
 
 
 def _offset_major(xp, w: Any, g: int) -> Any:
-    """The weight as ``[i, j, group, out, in]``, contiguous: each offset's matrices are BLAS operands (a strided
+    """The weight as ``[*offset, group, out, in]``, contiguous: each offset's matrices are BLAS operands (a strided
     ``w[..., i, j]`` view is not, and makes NumPy's matmul fall back to its slow loop)."""
-    m, cg, kh, kw = w.shape
-    return xp.ascontiguousarray(w.reshape(g, m // g, cg, kh, kw).transpose(3, 4, 0, 1, 2))
+    m, cg = w.shape[:2]
+    dims = w.ndim - 2
+    grouped = w.reshape((g, m // g, cg) + tuple(w.shape[2:]))
+    return xp.ascontiguousarray(grouped.transpose(tuple(range(3, 3 + dims)) + (0, 1, 2)))
 
 
 def conv_transpose(xp, geo: ConvGeometry, q: Any, w: Any, c: int) -> Any:
     """``fᵀ(q, W)``: the transposed convolution (col2im by kernel offsets), cropped to the unpadded input."""
     n, m = q.shape[:2]
     g = geo.group
-    top, left, bottom, right = geo.pads
-    h, wd = geo.size
-    out = xp.zeros((n, c, h + top + bottom, wd + left + right), dtype=q.dtype)
-    oh, ow = geo.out
-    wk = xp.ascontiguousarray(xp.swapaxes(_offset_major(xp, w, g), 3, 4))
-    qg = q.reshape(n, g, m // g, oh * ow)
-    for i in range(geo.kernel[0]):
-        for j in range(geo.kernel[1]):
-            rows, cols = geo.window(i, j)
-            contrib = xp.matmul(wk[i, j], qg)
-            out[:, :, rows, cols] += contrib.reshape(n, c, oh, ow)
-    return out[:, :, top:top + h, left:left + wd]
+    padded = tuple(s + b + e for s, b, e in zip(geo.size, geo.begins, geo.ends))
+    out = xp.zeros((n, c) + padded, dtype=q.dtype)
+    wk = xp.ascontiguousarray(xp.swapaxes(_offset_major(xp, w, g), -1, -2))
+    qg = q.reshape(n, g, m // g, math.prod(geo.out))
+    for offset in geo.offsets():
+        contrib = xp.matmul(wk[offset], qg)
+        out[(slice(None), slice(None)) + geo.window(*offset)] += contrib.reshape((n, c) + tuple(geo.out))
+    return out[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(geo.begins, geo.size))]
 
 
 def _conv_op(ctx: RuleContext, node: Node, geo: ConvGeometry, c: int) -> OrtConv | ArrayLinear:
@@ -197,7 +194,8 @@ def _conv_op(ctx: RuleContext, node: Node, geo: ConvGeometry, c: int) -> OrtConv
 
 @rule("Conv", needs=needs_inputs)
 def conv(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
-    """Conv: Eq. 8 with ``f`` = convolution by W⁺ (strides, pads, dilations, groups; no bias)."""
+    """Conv: Eq. 8 with ``f`` = convolution by W⁺ (1, 2 or 3 spatial axes; strides, pads, dilations, groups incl.
+    depthwise; no bias)."""
     p = signals[0]
     x_shape = ctx.shape(node.inputs[0])
     geo = ConvGeometry(node, x_shape, tuple(ctx.shape(node.inputs[1])))
@@ -338,9 +336,9 @@ def conv_transpose_geometry(node: Node, x_shape: tuple[int, ...], w_shape: tuple
     ``s(in − 1) + output_padding + (k − 1)d + 1 − out`` split as onnxruntime does (SAME_UPPER: the smaller half
     first; otherwise the larger half first)."""
     spatial = len(x_shape) - 2
-    if spatial not in (1, 2):
-        raise EbrError(f"ConvTranspose node {node.name!r} is {spatial}-D; ebr_onnx supports 1-D and 2-D transposed "
-                       "convolutions")
+    if spatial not in SPATIAL_AXES:
+        raise EbrError(f"ConvTranspose node {node.name!r} is {spatial}-D; ebr_onnx supports 1-D, 2-D and 3-D "
+                       "transposed convolutions")
     strides = list(node.attr("strides", [1] * spatial))
     dilations = list(node.attr("dilations", [1] * spatial))
     extra = list(node.attr("output_padding", [0] * spatial))

@@ -11,7 +11,8 @@
   with the contributions ``x_i² / y ≥ 0``, ``p'_i = p x_i² ⊘₀ Σ x²``; gradient ``p x_i ⊘₀ y``.
 
 Windows are visited by kernel offset on strided views of the padded input (as the convolution in
-:mod:`ebr_onnx.rules.linear`), so no loop runs over pixels. 1-D pooling is 2-D pooling with a unit height.
+:mod:`ebr_onnx.rules.linear`), so no loop runs over pixels, on 1, 2 or 3 spatial axes (1-D pooling is 2-D pooling
+with a unit height; 3-D pooling windows span time, height and width).
 """
 from __future__ import annotations
 
@@ -19,68 +20,73 @@ from typing import Any, Iterator, Sequence
 
 from ..core.context import RuleContext
 from ..core.errors import EbrError
+from ..core.geometry import SPATIAL_AXES, ConvGeometry
 from ..core.graph import Node
 from ..core.numeric import safe_divide
 from ..core.registry import needs_input, needs_nothing, rule
-from .linear import ConvGeometry
 
 
 def _geometry(node: Node, ctx: RuleContext, p: Any) -> ConvGeometry:
     """Strides, pads and dilations of a pooling node; the output size is the forward's (it includes ``ceil_mode``)."""
     x_shape = ctx.shape(node.inputs[0])
     spatial = len(x_shape) - 2
-    if spatial not in (1, 2):
-        raise EbrError(f"{node.op_type} node {node.name!r} is {spatial}-D; ebr_onnx supports 1-D and 2-D pooling")
+    if spatial not in SPATIAL_AXES:
+        raise EbrError(f"{node.op_type} node {node.name!r} is {spatial}-D; ebr_onnx supports 1-D, 2-D and 3-D "
+                       "pooling")
     geo = ConvGeometry(node, x_shape, (1, 1, *node.attr("kernel_shape")))
-    geo.out = list(p.shape[2:]) if spatial == 2 else [1, p.shape[2]]
+    geo.out = list(p.shape[2:]) if spatial > 1 else [1, p.shape[2]]
     return geo
 
 
 def _four_d(a: Any) -> Any:
+    """A 1-D pooling's array with a unit height (2-D and 3-D arrays as they are)."""
     return a[:, :, None, :] if a.ndim == 3 else a
 
 
-def _offsets(geo: ConvGeometry) -> Iterator[tuple[slice, slice]]:
+_ALL = (slice(None), slice(None))
+
+
+def _offsets(geo: ConvGeometry) -> Iterator[tuple[slice, ...]]:
     """The strided windows of each kernel offset, in row-major window order."""
-    for i in range(geo.kernel[0]):
-        for j in range(geo.kernel[1]):
-            yield geo.window(i, j)
+    for offset in geo.offsets():
+        yield _ALL + geo.window(*offset)
 
 
 def _padded(xp, geo: ConvGeometry, a: Any, fill: float, pad_fill: float | None = None) -> Any:
     """``a`` placed in the frame the windows read: explicit pads hold ``pad_fill`` (default ``fill``), the
     ``ceil_mode`` overhang beyond them holds ``fill``."""
-    top, left, bottom, right = geo.pads
-    h, w = geo.size
-    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(geo.out, geo.strides, geo.kernel, geo.dilations)]
-    frame = (max(need[0], top + h + bottom), max(need[1], left + w + right))
+    padded = [b + s + e for b, s, e in zip(geo.begins, geo.size, geo.ends)]
+    frame = tuple(max(r, p) for r, p in zip(geo.reach(), padded))
     out = xp.full(a.shape[:2] + frame, fill, dtype=a.dtype)
     if pad_fill is not None:
-        out[:, :, :top + h + bottom, :left + w + right] = pad_fill
-    out[:, :, top:top + h, left:left + w] = a
+        out[_ALL + tuple(slice(0, p) for p in padded)] = pad_fill
+    out[_inside(geo)] = a
     return out
 
 
+def _inside(geo: ConvGeometry) -> tuple[slice, ...]:
+    """The input's place in the padded frame."""
+    return _ALL + tuple(slice(b, b + s) for b, s in zip(geo.begins, geo.size))
+
+
 def _crop(geo: ConvGeometry, a: Any, one_d: bool) -> Any:
-    top, left = geo.pads[:2]
-    h, w = geo.size
-    out = a[:, :, top:top + h, left:left + w]
+    out = a[_inside(geo)]
     return out[:, :, 0, :] if one_d else out
 
 
 def _window_sum(xp, geo: ConvGeometry, a_pad: Any) -> Any:
     """``Σ_{i∈w} a_i`` for every window ``w`` (sum pooling of the padded frame)."""
     out = xp.zeros(a_pad.shape[:2] + tuple(geo.out), dtype=a_pad.dtype)
-    for rows, cols in _offsets(geo):
-        out += a_pad[:, :, rows, cols]
+    for window in _offsets(geo):
+        out += a_pad[window]
     return out
 
 
 def _spread(xp, geo: ConvGeometry, q: Any, frame: tuple[int, ...]) -> Any:
     """The transpose of :func:`_window_sum`: every input position receives the sum of ``q`` over its windows."""
     out = xp.zeros(frame, dtype=q.dtype)
-    for rows, cols in _offsets(geo):
-        out[:, :, rows, cols] += q
+    for window in _offsets(geo):
+        out[window] += q
     return out
 
 
@@ -96,30 +102,29 @@ def max_pool(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     geo = _geometry(node, ctx, signals[0])
     p = _four_d(signals[0])
     x_pad = _padded(xp, geo, _four_d(x), -xp.inf) if _needs_frame(geo) else _four_d(x)
-    views = [x_pad[:, :, rows, cols] for rows, cols in _offsets(geo)]
+    views = [x_pad[window] for window in _offsets(geo)]
     top = views[0].copy()
     for v in views[1:]:
         xp.maximum(top, v, out=top)
     disjoint = all(s >= (k - 1) * d + 1 for s, k, d in zip(geo.strides, geo.kernel, geo.dilations))
     out = xp.zeros(x_pad.shape, dtype=p.dtype)
     taken = None
-    for k, (rows, cols) in enumerate(_offsets(geo)):
+    for k, window in enumerate(_offsets(geo)):
         hit = views[k] == top
         if taken is not None:
             hit &= ~taken
         if k < len(views) - 1:
             taken = hit.copy() if taken is None else taken | hit
         if disjoint:  # every position is in one window at most: write, no accumulation
-            xp.multiply(p, hit, out=out[:, :, rows, cols])
+            xp.multiply(p, hit, out=out[window])
         else:
-            out[:, :, rows, cols] += xp.where(hit, p, 0)
+            out[window] += xp.where(hit, p, 0)
     return [_crop(geo, out, x.ndim == 3)]
 
 
 def _needs_frame(geo: ConvGeometry) -> bool:
     """Whether the windows read beyond the input (pads or a ``ceil_mode`` overhang)."""
-    reach = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(geo.out, geo.strides, geo.kernel, geo.dilations)]
-    return any(geo.pads) or any(r > n for r, n in zip(reach, geo.size))
+    return any(geo.pads) or any(r > n for r, n in zip(geo.reach(), geo.size))
 
 
 @rule("GlobalMaxPool", needs=needs_input)
@@ -151,11 +156,17 @@ def average_pool_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> l
     xp = ctx.xp
     shape = ctx.shape(node.inputs[0])
     geo = _geometry(node, ctx, signals[0])
-    ones = xp.ones(shape, dtype=signals[0].dtype)
-    include = 1.0 if int(node.attr("count_include_pad", 0)) else 0.0
-    frame = _padded(xp, geo, _four_d(ones), 0.0, pad_fill=include)
-    count = _window_sum(xp, geo, frame)
-    return [_crop(geo, _spread(xp, geo, _four_d(signals[0]) / count, frame.shape), len(shape) == 3)]
+    count = window_counts(xp, geo, bool(node.attr("count_include_pad", 0)), signals[0].dtype)
+    frame = (1, 1) + tuple(max(r, b + s + e) for r, b, s, e in zip(geo.reach(), geo.begins, geo.size, geo.ends))
+    spread = _spread(xp, geo, _four_d(signals[0]) / count, signals[0].shape[:2] + frame[2:])
+    return [_crop(geo, spread, len(shape) == 3)]
+
+
+def window_counts(xp, geo: ConvGeometry, include_pad: bool, dtype) -> Any:
+    """``count_w`` of every window ``w`` of an average pooling, shaped ``(1, 1, *out)``: its positions inside the
+    input, plus its explicit pads where ``count_include_pad`` (never the ``ceil_mode`` overhang)."""
+    frame = _padded(xp, geo, xp.ones((1, 1, *geo.size), dtype=dtype), 0.0, pad_fill=1.0 if include_pad else 0.0)
+    return _window_sum(xp, geo, frame)
 
 
 @rule("GlobalAveragePool", modes=("eb",), needs=needs_input)
@@ -179,7 +190,7 @@ def global_average_pool_grad(node: Node, ctx: RuleContext, signals: Sequence[Any
     return [xp.broadcast_to(signals[0] / count, shape).copy()]
 
 
-def _reduced_axes(node: Node, ctx: RuleContext) -> tuple[tuple[int, ...], bool]:
+def reduced_axes(node: Node, ctx: RuleContext) -> tuple[tuple[int, ...], bool]:
     """The axes a ReduceMean/ReduceSum reduces (attribute before opset 18, input after) and its ``keepdims``."""
     rank = len(ctx.shape(node.inputs[0]))
     axes = node.attr("axes")
@@ -203,7 +214,7 @@ def reduce_mean_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list
     """Eq. 8 with equal positive weights: ``p'_i = x_i p ⊘ Σ_{reduced} x``, ``Σ ≤ 0 → 0`` (as average pooling)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
-    axes, keepdims = _reduced_axes(node, ctx)
+    axes, keepdims = reduced_axes(node, ctx)
     if not axes:
         return [signals[0], None]
     total = x.sum(axis=axes, keepdims=True)
@@ -215,7 +226,7 @@ def reduce_mean_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> li
     """``p'_i = p / n`` (ReduceMean over n elements) or ``p`` (ReduceSum), broadcast back."""
     xp = ctx.xp
     shape = ctx.shape(node.inputs[0])
-    axes, keepdims = _reduced_axes(node, ctx)
+    axes, keepdims = reduced_axes(node, ctx)
     p = _kept(xp, signals[0], axes, keepdims)
     if node.op_type == "ReduceMean":
         count = 1
@@ -231,7 +242,7 @@ def reduce_max(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any
     (identical in EB and grad)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
-    axes, keepdims = _reduced_axes(node, ctx)
+    axes, keepdims = reduced_axes(node, ctx)
     if not axes:
         return [signals[0], None]
     rest = [a for a in range(x.ndim) if a not in axes]
@@ -251,7 +262,7 @@ def reduce_l2_eb(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[A
     never negative: ``p'_i = p ⊙ x_i² ⊘₀ Σ x²``."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
-    axes, keepdims = _reduced_axes(node, ctx)
+    axes, keepdims = reduced_axes(node, ctx)
     square = x * x
     return [square * safe_divide(xp, _kept(xp, signals[0], axes, keepdims),
                                  square.sum(axis=axes, keepdims=True)), None]
@@ -262,6 +273,6 @@ def reduce_l2_grad(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list
     """``p'_i = p ⊙ x_i ⊘₀ y`` with ``y = √(Σ x²)`` (0 where ``y = 0``)."""
     xp = ctx.xp
     x = ctx.value(node.inputs[0])
-    axes, keepdims = _reduced_axes(node, ctx)
+    axes, keepdims = reduced_axes(node, ctx)
     norm = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
     return [x * safe_divide(xp, _kept(xp, signals[0], axes, keepdims), norm), None]

@@ -381,7 +381,7 @@ def recurrent(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]
     dy, dyh, dyc = _signals(node, rec, signals, xp)
     dx = xp.zeros_like(rec.x)
     dh0, dc0 = xp.zeros_like(rec.h0), None if rec.c0 is None else xp.zeros_like(rec.c0)
-    if rules == "excitation" and (bool((rec.x < 0).any()) or bool((rec.h0 < 0).any())):
+    if rules == "excitation" and (ctx.has_negative(rec.x) or ctx.has_negative(rec.h0)):
         ctx.warn_once("recurrent-negative", f"{node.op_type} node {node.name!r} receives negative inputs; the "
                       "excitation rules assume non-negative children (A1)")
     for d, cell in enumerate(rec.cells):

@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..core.backend import to_numpy
 from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.geometry import weight_part
@@ -33,7 +32,7 @@ def _parameters(node: Node) -> list[str]:
 
 
 def _host(ctx: RuleContext, name: str) -> np.ndarray:
-    return np.asarray(to_numpy(ctx.value(name)))
+    return ctx.host(name)
 
 
 # -- Pad ----------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.backend import to_numpy
 from ..core.context import RuleContext
 from ..core.errors import EbrError
 from ..core.graph import Node
@@ -114,20 +113,51 @@ def slice_(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
     return _none_after_first(node, out)
 
 
+def checked_indices(ctx: RuleContext, node: Node, name: str, size: int) -> np.ndarray:
+    """The indices of a Gather (or a take) on an axis of ``size``, on the host, checked to lie in ``[-size, size)``
+    as ONNX requires (CuPy's ``take`` and integer indexing would wrap an index outside, where NumPy raises) and made
+    non-negative (int64). A constant is read from the model; computed indices are copied from the device (a host
+    sync: the check is a Python decision)."""
+    indices = ctx.host(name).astype(np.int64)
+    outside = (indices < -size) | (indices >= size)
+    if outside.any():
+        raise EbrError(f"{node.op_type} node {node.name!r} has indices outside [-{size}, {size}) on an axis of "
+                       f"{size} (e.g. {int(indices[outside].ravel()[0])})")
+    return np.where(indices < 0, indices + size, indices)
+
+
+def repeat_passes(indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The positions of ``indices`` (flat) grouped so that no group repeats an index: group ``r`` holds the
+    ``r``-th occurrence of every index that occurs more than ``r`` times, as (positions, their indices), positions
+    ascending. Scattering the groups one after the other adds repeated indices in the order they occur, with no two
+    writes to one place in a group: the same sums as NumPy's sequential ``add.at``, bit for bit, on any device."""
+    flat = indices.ravel()
+    order = np.argsort(flat, kind="stable")
+    ranked = flat[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    rank = np.empty(flat.size, np.int64)
+    rank[order] = np.arange(flat.size) - np.repeat(starts, np.diff(np.r_[starts, flat.size]))
+    return [(positions, flat[positions]) for positions in
+            (np.flatnonzero(rank == r) for r in range(int(rank.max(initial=-1)) + 1))]
+
+
 @rule("Gather", needs=_second_input)
 def gather(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> list[Any]:
-    """``p'`` scatter-adds ``p`` back to the gathered positions of the data input (repeated indices add up)."""
+    """``p'`` adds ``p`` back to the gathered positions of the data input; repeated indices add up, in the order
+    they occur (one scatter per repetition, :func:`repeat_passes`: deterministic, identical on NumPy and CuPy, where
+    a scatter-add of repeated indices adds in no fixed order)."""
     xp = ctx.xp
     p = signals[0]
     shape = ctx.shape(node.inputs[0])
     axis = int(node.attr("axis", 0)) % len(shape)
-    indices = ctx.value(node.inputs[1])
-    indices = (indices % shape[axis]).ravel()
+    indices = checked_indices(ctx, node, node.inputs[1], shape[axis]).ravel()
     k = p.ndim - len(shape) + 1  # the axes of ``p`` that the indices span
     moved = xp.moveaxis(p, list(range(axis, axis + k)), list(range(k))).reshape(
         (indices.size,) + shape[:axis] + shape[axis + 1:])
     out = xp.zeros((shape[axis],) + shape[:axis] + shape[axis + 1:], dtype=p.dtype)
-    xp.add.at(out, indices, moved)
+    for positions, targets in repeat_passes(indices):
+        whole = positions.size == indices.size
+        out[xp.asarray(targets)] += moved if whole else moved[xp.asarray(positions)]
     return [xp.moveaxis(out, 0, axis), None]
 
 
@@ -137,7 +167,7 @@ def reverse_sequence(node: Node, ctx: RuleContext, signals: Sequence[Any]) -> li
     p = signals[0]
     time, batch = int(node.attr("time_axis", 0)), int(node.attr("batch_axis", 1))
     out = p.copy()
-    for b, length in enumerate(np.asarray(to_numpy(ctx.value(node.inputs[1]))).ravel()):
+    for b, length in enumerate(ctx.host(node.inputs[1]).ravel()):
         index = [slice(None)] * p.ndim
         index[batch] = b
         read, write = list(index), list(index)
