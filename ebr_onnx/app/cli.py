@@ -28,25 +28,16 @@ from .video_audit import DEFAULT_STEPS
 EXIT_USER_ERROR = 2
 
 
-def _ground_parser(sub) -> None:
-    p = sub.add_parser("ground", help="spatiotemporal evidence for a class in a video",
-                       description="Explain a class in every clip of a video; write maps, overlays, the evidence "
-                                   "curve, localized segments and summary.json to --out.")
-    p.add_argument("model", help="ONNX model")
-    p.add_argument("video", help="video file (mp4/avi/webm), folder of frames, or .npy array (T,H,W,3) uint8")
-    p.add_argument("--target", help="class name or index (default: the class with the highest mean probability "
-                                    "over the clips at --time-step)")
-    p.add_argument("--method", default="cebr", choices=METHODS, help="paper Table 1 (default: cebr)")
-    p.add_argument("--layer", help="tensor or node name for the maps (default: the model's recorded map layer, "
-                                   "else the input)")
-    p.add_argument("--out", default="ebr-results", help="output folder (default: ebr-results)")
+def _clip_options(p: argparse.ArgumentParser) -> None:
+    """The options ``ground`` and ``audit`` share: clips and sampling, preprocessing, labels, where the method
+    starts, the recurrent rules and the time step."""
     clip = p.add_argument_group("clips and sampling")
     clip.add_argument("--frames", type=int, help="clip length T (default: the model's)")
     clip.add_argument("--stride", type=int, help="frames between clip starts (default: T)")
     clip.add_argument("--every", type=int, default=1, help="keep every k-th frame (default: 1)")
-    clip.add_argument("--fps", type=float, help="resample the video to this frame rate")
+    clip.add_argument("--fps", type=float, help="resample the video(s) to this frame rate")
     clip.add_argument("--source-fps", type=float, metavar="R",
-                      help="the frame rate of a folder of frames or an array (files: when the container has none)")
+                      help="the frame rate of frame folders and arrays (files: when the container has none)")
     p.add_argument("--preset", help="preprocessing preset: caffe-ucf101, imagenet, synthetic (default: the model's)")
     custom = p.add_argument_group("custom preprocessing (overrides the preset's fields)")
     custom.add_argument("--size", type=int, nargs="+", metavar="N", help="resize: H W, or the shorter side")
@@ -63,6 +54,21 @@ def _ground_parser(sub) -> None:
     p.add_argument("--recurrent-rules", default="caffe", choices=("caffe", "excitation"),
                    help="caffe: the authors' release (default); excitation: the mass-conserving variant")
     p.add_argument("--time-step", type=int, default=-1, help="time step of the prior (default: -1, the last)")
+
+
+def _ground_parser(sub) -> None:
+    p = sub.add_parser("ground", help="spatiotemporal evidence for a class in a video",
+                       description="Explain a class in every clip of a video; write maps, overlays, the evidence "
+                                   "curve, localized segments and summary.json to --out.")
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("video", help="video file (mp4/avi/webm), folder of frames, or .npy array (T,H,W,3) uint8")
+    p.add_argument("--target", help="class name or index (default: the class with the highest mean probability "
+                                    "over the clips at --time-step)")
+    p.add_argument("--method", default="cebr", choices=METHODS, help="paper Table 1 (default: cebr)")
+    p.add_argument("--layer", help="tensor or node name for the maps (default: the model's recorded map layer, "
+                                   "else the input)")
+    p.add_argument("--out", default="ebr-results", help="output folder (default: ebr-results)")
+    _clip_options(p)
     pictures = p.add_argument_group("pictures")
     pictures.add_argument("--no-overlays", action="store_true", help="no pictures: maps and summaries only")
     pictures.add_argument("--no-gif", action="store_true", help="no overlay.gif per clip")
@@ -95,29 +101,7 @@ def _audit_parser(sub) -> None:
                    help=f"deletion/insertion steps per clip (4K-2 forward passes per clip; 0: none; default: "
                         f"{DEFAULT_STEPS})")
     p.add_argument("--retry-errors", action="store_true", help="audit again the videos that failed before")
-    clip = p.add_argument_group("clips and sampling")
-    clip.add_argument("--frames", type=int, help="clip length T (default: the model's)")
-    clip.add_argument("--stride", type=int, help="frames between clip starts (default: T)")
-    clip.add_argument("--every", type=int, default=1, help="keep every k-th frame (default: 1)")
-    clip.add_argument("--fps", type=float, help="resample the videos to this frame rate")
-    clip.add_argument("--source-fps", type=float, metavar="R",
-                      help="the frame rate of folders of frames or arrays (files: when the container has none)")
-    p.add_argument("--preset", help="preprocessing preset: caffe-ucf101, imagenet, synthetic (default: the model's)")
-    custom = p.add_argument_group("custom preprocessing (overrides the preset's fields)")
-    custom.add_argument("--size", type=int, nargs="+", metavar="N", help="resize: H W, or the shorter side")
-    custom.add_argument("--crop", type=int, nargs="+", metavar="N", help="centre crop: side, or H W")
-    custom.add_argument("--mean", type=float, nargs=3, help="per-channel mean, in --channel-order and scaled range")
-    custom.add_argument("--std", type=float, nargs=3, help="per-channel standard deviation")
-    custom.add_argument("--channel-order", choices=("RGB", "BGR"), help="channel order the model expects")
-    custom.add_argument("--scale", type=float, help="pixel range: value = pixel / 255 * scale (255 for 0–255)")
-    p.add_argument("--labels", help="class names, one per line (default: the labels in the model's metadata)")
-    graph = p.add_argument_group("where the method starts (found in the graph unless given)")
-    graph.add_argument("--classifier", help="the node whose weights the contrastive dual (ceb, cebr) negates")
-    graph.add_argument("--boundary", help="recurrent methods: the per-frame RNN→CNN tensor where Eqs. 5–7 apply")
-    graph.add_argument("--time-axis", type=int, help="recurrent methods: the output's time axis")
-    p.add_argument("--recurrent-rules", default="caffe", choices=("caffe", "excitation"),
-                   help="caffe: the authors' release (default); excitation: the mass-conserving variant")
-    p.add_argument("--time-step", type=int, default=-1, help="time step of the prior (default: -1, the last)")
+    _clip_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
