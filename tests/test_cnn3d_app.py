@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -122,3 +123,29 @@ def test_ground_channels_last(tmp_path, video):
             outs[name] = (data["maps"], data["temporal"])
     np.testing.assert_allclose(outs["last"][0], outs["first"][0], rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(outs["last"][1], outs["first"][1], rtol=1e-5, atol=1e-9)
+
+
+def test_audit_lays_out_clips_as_ground(tmp_path, video):
+    """``audit`` on a 3-D CNN: each clip goes in as one (1, C, T, H, W) input, the recurrent default runs as ceb,
+    and the video's maps and curve are ``ground``'s for the same video and target."""
+    path, clip = video
+    label = CLASS_NAMES[clip.gt_class]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"video,label,start,end\n{path},{label},{clip.gt_segment[0] / 8},"
+                        f"{(clip.gt_segment[1] + 1) / 8}\n")
+    proc = run("audit", str(C3D), str(manifest), "--out", str(tmp_path / "audit"), "--workers", "0",
+               "--steps", "2", "--source-fps", "8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = pq.read_table(tmp_path / "audit" / "results.parquet").to_pylist()
+    row = next(r for r in rows if r["kind"] == "video")
+    assert row["status"] == "ok", row["error"]
+    assert any("cebr runs as ceb" in w for w in row["warnings"])
+    proc = run("ground", str(C3D), str(path), "--target", label, "--out", str(tmp_path / "ground"), "--quiet",
+               "--source-fps", "8", "--no-overlays", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(tmp_path / "ground" / "maps.npz", allow_pickle=False) as grounded, \
+            np.load(next((tmp_path / "audit" / "maps").glob("*.npz")), allow_pickle=False) as audited:
+        k = list(audited["targets"]).index(clip.gt_class)
+        assert audited["maps"][k].shape == grounded["maps"].shape == (32, 16, 16)
+        np.testing.assert_allclose(audited["maps"][k], grounded["maps"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(audited["temporal"][k], grounded["temporal"], rtol=1e-6, atol=1e-9)

@@ -370,6 +370,7 @@ def _top5(ex: Explainer, probs: np.ndarray) -> list[dict[str, Any]]:
 
 # ground()'s per-clip steps, for other drivers of the same work (ebr_onnx.app.video_audit): one home for each.
 method_options = _method_options
+for_volume = _for_volume
 clip_results = _clip_results
 combine_clips = _combine
 run_settings = _settings

@@ -30,6 +30,7 @@ import onnx
 from ..core.errors import EbrError
 from ..explainer import Explainer
 from ..methods import RECURRENT_METHODS
+from ..methods.volume import VolumeLayout, volume_layout
 from .dataset_metrics import (
     curve_area,
     deletion_insertion,
@@ -42,7 +43,15 @@ from .dataset_metrics import (
 from .datasets import VideoItem, read_boxes
 from .localize import peaks_to_frame_coords, spatial_peaks
 from .outputs import Evidence, to_json
-from .pipeline import GroundOptions, clip_length, clip_results, combine_clips, method_options, step_probabilities
+from .pipeline import (
+    GroundOptions,
+    clip_length,
+    clip_results,
+    combine_clips,
+    for_volume,
+    method_options,
+    step_probabilities,
+)
 from .preprocess import Preprocess, model_preprocess, preprocess
 from .video import VideoSource, clips
 
@@ -81,12 +90,18 @@ class VideoOutcome:
 
 @dataclass(frozen=True)
 class _Model:
-    """A worker's loaded model and what follows from it and the options."""
+    """A worker's loaded model and what follows from it and the options; ``layout``: a 3-D CNN's clip layout
+    (None for a model that takes frames)."""
 
     ex: Explainer
     spec: Preprocess
     T: int
     layer: str | None
+    layout: VolumeLayout | None
+
+    def arrange(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed frames ``(T, C, H, W)`` as the model takes them: a 3-D CNN's one clip, else unchanged."""
+        return x if self.layout is None else self.layout.arrange(x)
 
 
 _MODELS: dict[tuple, _Model] = {}
@@ -104,7 +119,7 @@ def worker_explainer(model: bytes, job: AuditJob) -> _Model:
                        threads=job.threads)
         spec = model_preprocess(ex.graph, g.preset, g.preprocess_overrides)
         layer = g.layer or ex.graph.metadata_json("ebr_onnx.map_layer")
-        _MODELS[key] = _Model(ex, spec, clip_length(ex, g.frames), layer)
+        _MODELS[key] = _Model(ex, spec, clip_length(ex, g.frames), layer, volume_layout(ex.graph, ex.input_name))
     return _MODELS[key]
 
 
@@ -126,18 +141,21 @@ def _worker() -> str:
     return f"{os.uname().nodename}:{os.getpid()}"
 
 
-def _score(ex: Explainer, options: GroundOptions, target: int):
-    """The target's probability for a clip, as the prediction reads it: at ``time_step`` for a recurrent model,
-    the mean over the frames for a CNN."""
+def _score(model: _Model, options: GroundOptions, target: int):
+    """The target's probability for a clip of frames, as the prediction reads it: at ``time_step`` for a recurrent
+    model, the mean over the frames (or the clip's one output) for a CNN."""
+    ex = model.ex
+
     def score(x: np.ndarray) -> float:
-        probs = step_probabilities(ex, ex.predict(x), options.time_axis, options.method)
+        probs = step_probabilities(ex, ex.predict(model.arrange(x)), options.time_axis, options.method)
         return float(probs[options.time_step, target] if options.method in RECURRENT_METHODS
                      else probs[:, target].mean())
     return score
 
 
 def _audit(model: _Model, item: VideoItem, job: AuditJob, started: float) -> VideoOutcome:
-    ex, g = model.ex, job.options
+    ex = model.ex
+    g, notes = for_volume(job.options, model.layout)
     boxes = read_boxes(item.boxes) if item.boxes else None
     source = VideoSource(_video(item.path), every=g.every, target_fps=g.fps, fps=g.source_fps)
     scored = [s for s in item.segments if not s.ambiguous]
@@ -155,7 +173,7 @@ def _audit(model: _Model, item: VideoItem, job: AuditJob, started: float) -> Vid
     t0 = time.perf_counter()
     per_clip = []
     for _, x, _ in inputs():
-        probs = step_probabilities(ex, ex.predict(x), g.time_axis, g.method)
+        probs = step_probabilities(ex, ex.predict(model.arrange(x)), g.time_axis, g.method)
         per_clip.append(probs[g.time_step] if recurrent else probs.mean(axis=0))
     video_probs = np.mean(per_clip, axis=0)
     predicted = int(np.argmax(video_probs))
@@ -170,12 +188,12 @@ def _audit(model: _Model, item: VideoItem, job: AuditJob, started: float) -> Vid
 
     evidence: dict[int, list[Evidence]] = {k: [] for k in targets}
     curves: dict[int, list[np.ndarray]] = {k: [] for k in targets}
-    warnings: list[str] = []
+    warnings: list[str] = list(notes)
     seed = zlib.crc32(item.id.encode())
     for number, (indices, x, crop) in enumerate(inputs()):
         for k in targets:
             t0 = time.perf_counter()
-            res = ex.explain(x, target=k, method=g.method, layer=model.layer, **method_options(g))
+            res = ex.explain(model.arrange(x), target=k, method=g.method, layer=model.layer, **method_options(g))
             clip, summary, _ = clip_results(ex, res, number, indices, crop, source, job.settings)
             evidence[k].append(clip)
             warnings += summary["warnings"]
@@ -183,7 +201,7 @@ def _audit(model: _Model, item: VideoItem, job: AuditJob, started: float) -> Vid
             if job.steps and len(clip.temporal) == len(x):
                 t0 = time.perf_counter()
                 steps = min(job.steps, len(x))
-                score = _score(ex, g, k)
+                score = _score(model, g, k)
                 rng = np.random.default_rng([seed, number, k])
                 ordered = deletion_insertion(x, evidence_order(clip.temporal), score, steps)
                 shuffled = deletion_insertion(x, rng.permutation(len(x)), score, steps)
