@@ -12,10 +12,11 @@ teacher-forced ``models/captioner.onnx``; each of its two nouns is grounded at i
   video's forwards serve both its nouns: its seconds per word are the video's seconds over its two nouns.
 
 Metrics per noun: the **spatial pointing game** — in every frame where the noun's object is visible, a hit when the
-map's peak lies within 15 px *at the paper's 224-px scale* (2.1 px here) of the object's box; the **temporal pointing
-game** — a hit when the evidence curve's peak frame lies in the object's frames; and the seconds per word (wall time
-of the calls, this process, one onnxruntime thread). Baselines of the games: the frame centre (spatial) and a random
-frame (temporal: the object's share of the frames).
+map's peak (its largest value, if positive: a map with no positive value is a miss) lies within 15 px *at the
+paper's 224-px scale* (2.1 px here) of the object's box; the **temporal pointing game** — a hit when the evidence
+curve's peak frame (likewise) lies in the object's frames; and the seconds per word (wall time of the calls, this
+process, one onnxruntime thread). Baselines of the games: the frame centre (spatial) and a random frame (temporal:
+the object's share of the frames).
 
     python benchmarks/bench_captions.py [--videos 100] [--grid 16] [--seed 7] [--json results.json]
 """
@@ -85,13 +86,16 @@ class CaptionSaliency:
 
 
 def score(games: dict, name: str, noun: str, maps: np.ndarray, curve: np.ndarray, obj, crop) -> None:
-    """The spatial pointing game in every frame where the object is visible, the temporal one on the curve."""
+    """The spatial pointing game in every frame where the object is visible, the temporal one on the curve; a map
+    or curve with no positive value (no evidence for the word: all zero, or a contrastive map all negative) points
+    nowhere and is a miss, whatever the method."""
     spatial, temporal = games[name]
     start, end = obj.segment
-    points = peaks_to_frame_coords(spatial_peaks(maps[start:end + 1]), maps.shape[1:], crop)
-    for point, box in zip(points, obj.boxes[start:end + 1]):
-        spatial.aggregate(spatial.evaluate(point, box), noun)
-    temporal.aggregate(temporal.evaluate(int(np.argmax(curve)), obj.segment), noun)
+    seen = maps[start:end + 1]
+    points = peaks_to_frame_coords(spatial_peaks(seen), maps.shape[1:], crop)
+    for point, box, peak in zip(points, obj.boxes[start:end + 1], seen.reshape(len(seen), -1).max(axis=1)):
+        spatial.aggregate(bool(peak > 0) and spatial.evaluate(point, box), noun)
+    temporal.aggregate(bool(curve.max() > 0) and temporal.evaluate(int(np.argmax(curve)), obj.segment), noun)
 
 
 def main() -> None:

@@ -102,14 +102,21 @@ class Captioner(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (T, B, 3, S, S) preprocessed → per-frame features (T, B, D)."""
+        t, b = frames.shape[:2]
+        return self.cnn(frames.flatten(0, 1)).view(t, b, -1)
+
     def pooled(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (T, B, 3, S, S) preprocessed → mean features (B, D)."""
-        t, b = frames.shape[:2]
-        return self.cnn(frames.flatten(0, 1)).view(t, b, -1).mean(0)
+        return self.frame_features(frames).mean(0)
 
     def forward(self, frames: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """frames (T, B, 3, S, S), fed words (L, B) → logits (L, B, V)."""
-        pooled = self.pooled(frames)
+        return self.decode(self.pooled(frames), words)
+
+    def decode(self, pooled: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """Mean features (B, D), fed words (L, B) → logits (L, B, V)."""
         emb = torch.relu(self.embed(words))
         x = torch.cat([pooled.expand(words.shape[0], -1, -1), emb], dim=2)
         return self.classifier(self.lstm2(self.lstm1(x)))
@@ -144,9 +151,10 @@ def batch(rng: np.random.Generator, size: int, frames: int, clutter: float):
     return np.stack([c.frames for c in clips]), torch.from_numpy(fed), torch.from_numpy(target), clips
 
 
-def train(model: Captioner, steps: int, seed: int, lr: float, frames: int) -> float:
-    """Adam (one-cycle), cross-entropy at every step on fresh batches; clutter ramps from none to full over the
-    first 30 % of the steps. Returns the teacher-forced token accuracy over the last 100 batches."""
+def train(model: Captioner, steps: int, seed: int, lr: float, frames: int, l1: float) -> float:
+    """Adam (one-cycle), cross-entropy at every step on fresh batches, plus ``l1`` × the mean per-frame sum of the
+    features (an L1 activity penalty: sparse features); clutter ramps from none to full over the first 30 % of the
+    steps. Returns the teacher-forced token accuracy over the last 100 batches."""
     rng = np.random.default_rng([seed, 0])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -155,8 +163,9 @@ def train(model: Captioner, steps: int, seed: int, lr: float, frames: int) -> fl
     for step in range(1, steps + 1):
         clutter = min(1.0, step / (0.3 * steps))
         video, fed, target, _ = batch(rng, BATCH, frames, clutter)
-        logits = model(to_input(video), fed)
-        loss = loss_fn(logits.flatten(0, 1), target.flatten())
+        features = model.frame_features(to_input(video))
+        logits = model.decode(features.mean(0), fed)
+        loss = loss_fn(logits.flatten(0, 1), target.flatten()) + l1 * features.sum(2).mean()
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -165,7 +174,8 @@ def train(model: Captioner, steps: int, seed: int, lr: float, frames: int) -> fl
         running.append(float((logits.argmax(2) == target).float().mean()))
         if step % 50 == 0:
             print(f"step {step}/{steps}  loss {loss.item():.3f}  token acc (last 50) {np.mean(running[-50:]):.3f}  "
-                  f"clutter {clutter:.2f}  {time.time() - start:.0f} s", flush=True)
+                  f"features per frame {features.sum(2).mean().item():.1f}  clutter {clutter:.2f}  "
+                  f"{time.time() - start:.0f} s", flush=True)
     return float(np.mean(running[-100:]))
 
 
@@ -399,6 +409,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--train-frames", type=int, default=8, help="frames per training video (default: 8)")
+    parser.add_argument("--l1", type=float, default=0.0,
+                        help="weight of an L1 activity penalty on the per-frame features (default: 0, none)")
     parser.add_argument("--test-videos", type=int, default=500)
     parser.add_argument("--save-state", type=Path, help="also save the PyTorch state dict here")
     parser.add_argument("--threads", type=int, default=1,
@@ -409,7 +421,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = Captioner()
     start = time.time()
-    train_acc = train(model, args.steps, args.seed, args.lr, args.train_frames)
+    train_acc = train(model, args.steps, args.seed, args.lr, args.train_frames, args.l1)
     train_time = time.time() - start
     model.eval()
     if args.save_state:

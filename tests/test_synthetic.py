@@ -1,10 +1,18 @@
-"""The synthetic action-video generator: determinism, shapes, ground-truth boxes, motion semantics, concatenation."""
+"""The synthetic video generators: determinism, shapes, ground-truth boxes, motion semantics, concatenation; the
+caption videos' equal shape areas."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ebr_onnx.app.synthetic import CLASS_NAMES, SETUPS, make_clip, make_concatenated, make_dataset
+from ebr_onnx.app.synthetic import (
+    CLASS_NAMES,
+    SETUPS,
+    make_clip,
+    make_concatenated,
+    make_dataset,
+)
+from ebr_onnx.app.synthetic_captions import COLOURS, NOUNS, make_caption_clip
 
 
 def _centres(boxes: np.ndarray) -> np.ndarray:
@@ -123,3 +131,16 @@ def test_invalid_requests_raise(kwargs: dict) -> None:
 def test_invalid_label_raises() -> None:
     with pytest.raises(ValueError):
         make_clip(0, label=len(CLASS_NAMES))
+
+
+def test_caption_shapes_cover_the_same_area() -> None:
+    """Whatever its noun, a caption video's object covers on average a circle's area for the same half-size draw
+    (the object's pixels are exactly its colour: it is drawn opaque after the noise)."""
+    areas: dict[str, list[int]] = {noun: [] for noun in NOUNS}
+    for v in range(200):
+        clip = make_caption_clip(np.random.default_rng([3, v]), 4)
+        for obj in clip.objects:
+            t = obj.segment[0]
+            areas[obj.noun].append(int((clip.frames[t] == COLOURS[obj.colour]).all(axis=-1).sum()))
+    means = np.array([np.mean(areas[noun]) for noun in NOUNS])
+    assert means.max() / means.min() < 1.1, dict(zip(NOUNS, means.round(1)))

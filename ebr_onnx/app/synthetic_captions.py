@@ -4,8 +4,8 @@ Every video shows the textured, cluttered background of :mod:`ebr_onnx.app.synth
 distractor shapes, per-frame pixel noise) and two opaque *objects*, one in the left half of the frame and one in the
 right half, each visible in its own contiguous run of frames: the first from frame 0 up to a random split point, the
 second from there to the end (which side comes first is random). Each object has a shape (:data:`NOUNS`) and a
-colour (:data:`COLOURS`), drawn independently (the two may share them), drifts slowly inside its half and is named by
-the caption, left one first::
+colour (:data:`COLOURS`), drawn independently (the two may share them), covers the same area whatever its shape (that
+of a circle of the drawn half-size), drifts slowly inside its half and is named by the caption, left one first::
 
     a red square on the left and a blue circle on the right
 
@@ -25,6 +25,10 @@ from .synthetic import Seed, _background, _rng, _shape_mask
 #: The nouns and the shape each one draws.
 NOUNS: tuple[str, ...] = ("square", "circle", "triangle", "diamond")
 _SHAPE_OF = {"square": "square", "circle": "disc", "triangle": "triangle", "diamond": "diamond"}
+#: Each shape's half-size relative to a circle's, so that every shape covers a circle's area for the same draw
+#: (πr²; a square of half-size s covers 4s², a diamond or a triangle 2s²).
+_AREA_SCALE = {"square": (np.pi / 4) ** 0.5, "circle": 1.0, "triangle": (np.pi / 2) ** 0.5,
+               "diamond": (np.pi / 2) ** 0.5}
 #: The objects' colours (RGB), a subset of the action videos' palette.
 COLOURS: dict[str, tuple[int, int, int]] = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
                                             "yellow": (240, 220, 40)}
@@ -90,7 +94,7 @@ def make_caption_clip(seed: Seed, frames: int = 16, size: int = 64, clutter: flo
         noun = NOUNS[int(rng.integers(len(NOUNS)))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         start, end = segments[k if first == 0 else 1 - k]
-        r = rng.uniform(6.0, 9.0)
+        r = rng.uniform(6.0, 9.0) * _AREA_SCALE[noun]   # the shape's half-size
         lo, hi = (r + 2, size * 0.4) if side == "left" else (size * 0.6, size - 3 - r)
         cx, cy = rng.uniform(lo, hi), rng.uniform(r + 2, size - 3 - r)
         vx, vy = rng.uniform(-0.6, 0.6, 2)
