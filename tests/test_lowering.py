@@ -92,8 +92,8 @@ def test_one_session_serves_every_chunk_size(make_model):
     ex, rules = Explainer(model, batch_size=2, threads=1), Explainer(model, lowering=False)
     built = []
     session = ex.engine.kernels.session
-    ex.engine.kernels.session = lambda model, weights=None, whole=False: (built.append(whole)
-                                                                          or session(model, weights, whole))
+    ex.engine.kernels.session = lambda model, weights=None, whole=False, **options: (
+        built.append(whole) or session(model, weights, whole, **options))
     for seed in range(2):
         x = np.random.default_rng(seed).uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
         ref = rules.explain(x, target=1, method="eb")
@@ -108,10 +108,10 @@ def test_a_graph_onnxruntime_refuses_falls_back_to_the_rules(make_model):
     ex = Explainer(model, threads=1)
     session = ex.engine.kernels.session
 
-    def refuse(model, weights=None, whole=False):
+    def refuse(model, weights=None, whole=False, **options):
         if whole:
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : refused")
-        return session(model, weights, whole)
+        return session(model, weights, whole, **options)
 
     ex.engine.kernels.session = refuse
     got = ex.explain(x, target=3, method="ceb")
@@ -132,8 +132,8 @@ def test_examples_run_in_slices(method, make_model, monkeypatch):
     runs = []
     session = ex.engine.kernels.session
 
-    def counted(model, weights=None, whole=False):
-        built = session(model, weights, whole)
+    def counted(model, weights=None, whole=False, **options):
+        built = session(model, weights, whole, **options)
         if whole:
             run = built.run
             built.run = lambda *a, **k: runs.append(1) or run(*a, **k)

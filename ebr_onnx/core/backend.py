@@ -89,15 +89,20 @@ def require_onnxruntime() -> ModuleType:
     return ort
 
 
-def session_options(threads: int | None, *, optimize_all: bool, arena: bool, spinning: bool = True) -> Any:
+def session_options(threads: int | None, *, optimize_all: bool, arena: bool, spinning: bool = True,
+                    listed_order: bool = False) -> Any:
     """onnxruntime session options: ``threads`` intra-op threads (None: onnxruntime's default), all graph
-    optimizations (NCHWc layouts included) or the extended level, a CPU memory arena or none, and whether idle
-    threads spin between runs."""
+    optimizations (NCHWc layouts included) or the extended level, a CPU memory arena or none, whether idle
+    threads spin between runs, and whether the nodes run in the order the graph lists them where their inputs allow
+    (onnxruntime's priority-based order, whose ties go by node index; its default order may run a node long before
+    its output is needed)."""
     options = require_onnxruntime().SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if listed_order:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     options.enable_cpu_mem_arena = arena
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_all
                                         else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)

@@ -58,6 +58,9 @@ class GraphBuilder:
         self.ctx = ctx
         self.nodes: list[onnx.NodeProto] = []
         self.feeds: dict[str, np.ndarray] = {}
+        #: The model's weights the graph takes as inputs, fed whole with every run from the model's own arrays
+        #: (onnxruntime reads them in place: the session holds no copy of them).
+        self.fed: dict[str, np.ndarray] = {}
         self._weights: dict[str, Callable[[], np.ndarray]] = {}
         self._values: dict[str, str] = {}
         #: (node, name of its input's minimum) for linear nodes whose input may be negative.
@@ -95,6 +98,12 @@ class GraphBuilder:
                 self._values[name] = self.constant(np.asarray(ctx.graph.constant(name), dtype=np.float32), name)
         return self._values[name]
 
+    def model_weight(self, name: str) -> str:
+        """The model's weight ``name`` as an input of the graph (see :attr:`fed`)."""
+        if name not in self.fed:
+            self.fed[name] = np.ascontiguousarray(self.ctx.graph.constant(name), dtype=np.float32)
+        return name
+
     def weight(self, key: str, make: Callable[[], np.ndarray]) -> str:
         """A weight derived from the model's (made only when the session is built); ``key`` names it uniquely."""
         self._weights.setdefault(key, make)
@@ -124,7 +133,8 @@ class GraphBuilder:
     def add(self, a: Lowered, b: Lowered) -> Lowered:
         return Lowered(self.op("Add", [a.name, b.name]), a.scaled and b.scaled)
 
-    # -- the array functions :func:`ebr_onnx.core.numeric.safe_divide` calls, as nodes (on tensor names) --------
+    # -- the array functions :func:`ebr_onnx.core.numeric.safe_divide` and :func:`ebr_onnx.core.geometry.weight_part`
+    # call, as nodes (on tensor names) -----------------------------------------------------------------------------
     def _operand(self, value: str | float) -> str:
         return value if isinstance(value, str) else self.constant(np.asarray(value, np.float32), "scalar")
 
@@ -144,15 +154,28 @@ class GraphBuilder:
     def divide(self, a: str, b: str) -> str:
         return self.op("Div", [a, b])
 
+    def maximum(self, a: str, b: str | float) -> str:
+        """``max(a, b)``; ``max(a, 0)`` as a Relu (the same values; onnxruntime's Max with a broadcast scalar took
+        ~20× as long on R(2+1)D-18's weights)."""
+        if isinstance(b, (int, float)) and b == 0:
+            return self.op("Relu", [a])
+        return self.op("Max", [a, self._operand(b)])
+
+    def minimum(self, a: str, b: str | float) -> str:
+        return self.op("Min", [a, self._operand(b)])
+
     def key(self, outputs: Sequence[str]) -> tuple:
         """What identifies the built graph (its session is cached under it)."""
         return (tuple(n.SerializeToString() for n in self.nodes), tuple(sorted(self.feeds)), tuple(outputs),
-                tuple(sorted(self._weights)))
+                tuple(sorted(self._weights)), tuple(sorted(self.fed)))
 
     def model(self, outputs: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-        """The graph, and the arrays of its large weights: those are declared external, and the session reads them
-        from these arrays (no serialized copy, no copy in the session besides its own re-layout)."""
+        """The graph, and the arrays of its large weights: those are declared external, and the session is handed
+        these arrays (no serialized copy; onnxruntime 1.32 copies them into the session). The model's weights of
+        :attr:`fed` are inputs."""
         inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in self.feeds]
+        inputs += [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(a.shape))
+                   for name, a in self.fed.items()]
         outs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs]
         weights, external = [], {}
         for key, make in self._weights.items():

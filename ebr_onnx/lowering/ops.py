@@ -36,6 +36,11 @@ def nonnegative(ctx: RuleContext, name: str) -> bool:
     return node.op_type in SIGN_KEEPING_OPS and nonnegative(ctx, node.inputs[0])
 
 
+#: The output positions per example from which a lowered 3-D convolution's transpose flips its weight (see
+#: :func:`conv`; measured on R(2+1)D-18's layers, where the break-even lies between 784 and 6272).
+FLIP_POSITIONS = 2048
+
+
 # -- Conv ---------------------------------------------------------------------------------------------------------
 def _plain_conv(node: Node, ctx: RuleContext) -> bool:
     shape = ctx.shape(node.inputs[0])
@@ -46,21 +51,41 @@ def _plain_conv(node: Node, ctx: RuleContext) -> bool:
 def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
     """Eq. 8 (the rule :func:`ebr_onnx.rules.linear.conv`): ``x ⊙ fᵀ(p ⊘₀ f(x, W⁺), W⁺)``; where ``x`` may be
     negative, the positive-contribution rule ``x⁺ ⊙ fᵀ(q, W⁺) + x⁻ ⊙ fᵀ(q, W⁻)`` with ``Z = f(x⁺, W⁺) + f(x⁻, W⁻)``
-    (equal to Eq. 8 where ``x ≥ 0``; the input's minimum is returned for the warning). Gradient: ``fᵀ(p, W)``."""
+    (equal to Eq. 8 where ``x ≥ 0``; the input's minimum is returned for the warning). Gradient: ``fᵀ(p, W)``.
+
+    A 2-D convolution's weight parts are constants of the graph, which onnxruntime reorders into its NCHWc layout (a
+    computed weight cannot be: VGG-16's convolutions ran ~20 % slower). onnxruntime has no NCHWc 3-D convolution,
+    so a 3-D one's parts are computed in the graph from the model's weight, fed in place
+    (:meth:`GraphBuilder.model_weight`): the session holds no copy of them (R(2+1)D-18: 0.24 GB less). Its transpose
+    is a Conv by the flipped part where the convolution has at least :data:`FLIP_POSITIONS` output positions per
+    example, else a ConvTranspose by the part itself: flipping costs per weight, ConvTranspose's slower kernel per
+    position (R(2+1)D-18's layer3 and layer4, most of its weights, take ConvTranspose)."""
     ctx = b.ctx
     x_name, w_name = node.inputs[0], node.inputs[1]
     geo = ConvGeometry(node, ctx.shape(x_name), tuple(ctx.shape(w_name)))
     attrs = {"strides": geo.strides, "pads": geo.pads, "dilations": geo.dilations, "group": geo.group}
+    op_type, transposed, t_attrs = transpose_as_node(geo, flip=geo.dims == 2 or math.prod(geo.out) >= FLIP_POSITIONS)
+    computed: dict[str, str] = {}
 
-    def part(which: str) -> np.ndarray:
-        return weight_part(np, np.asarray(ctx.graph.constant(w_name), dtype=np.float32), which)
+    def part(which: str) -> str:
+        """W, W⁺ or W⁻ in the graph (a 3-D convolution's: computed once per node)."""
+        if geo.dims == 2:
+            return b.weight(f"{w_name}:{which}", lambda: weight_part(np, _weight(ctx, w_name), which))
+        if which not in computed:
+            computed[which] = weight_part(b, b.model_weight(w_name), which)
+        return computed[which]
+
+    def transpose_weight(which: str) -> str:
+        if geo.dims == 2:
+            return b.weight(f"{w_name}:{which}:T",
+                            lambda: transposed(weight_part(np, _weight(ctx, w_name), which)))
+        return part(which) if op_type == "ConvTranspose" else _flipped(b, part(which), ctx.shape(w_name), geo.group)
 
     def forward(x: str, which: str) -> str:
-        return b.op("Conv", [x, b.weight(f"{w_name}:{which}", lambda: part(which))], **attrs)
+        return b.op("Conv", [x, part(which)], **attrs)
 
     def transpose(q: str, which: str) -> str:
-        op_type, weight, t_attrs = transpose_as_node(geo)
-        return b.op(op_type, [q, b.weight(f"{w_name}:{which}:T", lambda: weight(part(which)))], **t_attrs)
+        return b.op(op_type, [q, transpose_weight(which)], **t_attrs)
 
     p = signals[0].name
     if ctx.mode == "grad":
@@ -76,6 +101,25 @@ def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
     pos = b.op("Mul", [x_pos, transpose(q, "pos")])
     neg = b.op("Mul", [x_neg, transpose(q, "neg")])
     return [Lowered(b.op("Add", [pos, neg]), scaled=True), None, None]
+
+
+def _weight(ctx: RuleContext, name: str) -> np.ndarray:
+    return np.asarray(ctx.graph.constant(name), dtype=np.float32)
+
+
+def _flipped(b: GraphBuilder, w: str, shape: tuple[int, ...], group: int) -> str:
+    """The nodes of :func:`ebr_onnx.core.kernels.transpose_as_node`'s flipped weight (channels swapped per group,
+    the kernel reversed along every spatial axis). The kernel's positions are reversed by a product with the
+    reversal matrix (exact for finite weights: each entry is one weight times 1 plus zeros; in onnxruntime ~3× faster
+    than a Slice with negative steps)."""
+    m, cg = shape[:2]
+    kernel = list(shape[2:])
+    k = math.prod(kernel)
+    blocks = b.op("Reshape", [w, b.constant(np.asarray([group, m // group, cg, k], np.int64), "shape")])
+    swapped = b.op("Transpose", [blocks], perm=[0, 2, 1, 3])
+    rows = b.op("Reshape", [swapped, b.constant(np.asarray([cg * m, k], np.int64), "shape")])
+    reversed_ = b.op("MatMul", [rows, b.constant(np.eye(k, dtype=np.float32)[::-1].copy(), "reversal")])
+    return b.op("Reshape", [reversed_, b.constant(np.asarray([cg * group, m // group, *kernel], np.int64), "shape")])
 
 
 # -- activations and routing --------------------------------------------------------------------------------------
