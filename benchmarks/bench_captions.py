@@ -9,7 +9,10 @@ teacher-forced ``models/captioner.onnx``; each of its two nouns is grounded at i
 * **caption-guided saliency** (the baseline): the drop in the word's log-probability at its step when one frame is
   removed (the temporal curve: T forwards) and when one cell of a G×G grid of one frame is greyed out (the map:
   T·G² forwards; G = 16, the maps' resolution, by default). One forward gives every step's probabilities, so a
-  video's forwards serve both its nouns: its seconds per word are the video's seconds over its two nouns.
+  video's forwards serve both its nouns: its seconds per word are the video's seconds over its two nouns. The
+  log-probability is computed from the logits (the captioner's Softmax input) in float64 with ``log1p``: from the
+  model's float32 probabilities a confident word's p rounds to 1 and every drop to 0 (on the bundled captioner,
+  nouns have log p ≈ −5e-5, some below −1e-15), which left the baseline pointing nowhere.
 
 Metrics per noun: the **spatial pointing game** — in every frame where the noun's object is visible, a hit when the
 map's peak (its largest value, if positive: a map with no positive value is a miss) lies within 15 px *at the
@@ -29,6 +32,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from ebr_onnx import EbrError, Explainer
@@ -44,9 +48,23 @@ METHODS = (("cEB-R", "cebr", "caffe"), ("EB-R", "ebr", "caffe"), ("BP-R", "gradr
 BASELINE = "caption-guided saliency"
 
 
+def _with_logits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The captioner with the input of its final Softmax exposed as an output too, and that tensor's name."""
+    (probs,) = model.graph.output
+    softmax = next((n for n in model.graph.node if probs.name in n.output and n.op_type == "Softmax"), None)
+    if softmax is None:
+        raise EbrError(f"the baseline needs the captioner's logits: its output {probs.name!r} is not a Softmax's")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(softmax.input[0], onnx.TensorProto.FLOAT, None))
+    return model, softmax.input[0]
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    """``log p = z − logsumexp(z)`` over the last axis, with ``logsumexp(z) = m + log1p(Σ_{j ≠ argmax} e^{z_j − m})``
+    so that a confident word's log-probability keeps its precision (−1e-20 does not round to 0)."""
+    m = logits.max(axis=-1, keepdims=True)
+    others = np.exp(logits - m)
+    np.put_along_axis(others, logits.argmax(axis=-1)[..., None], 0.0, axis=-1)
+    return logits - m - np.log1p(others.sum(axis=-1, keepdims=True))
 
 
 class CaptionSaliency:
@@ -57,13 +75,15 @@ class CaptionSaliency:
     def __init__(self, model: Path, grid: int) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        exposed, self.logits = _with_logits(onnx.load(str(model)))
+        self.session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self.grid = grid
 
     def log_probs(self, x: np.ndarray, fed: np.ndarray) -> np.ndarray:
-        """(steps, V) log-probabilities of the caption's steps."""
-        logits = self.session.run(None, {"frames": x, "words": fed})[0]
-        return np.log(np.maximum(logits[:, 0], 1e-30))   # the model outputs probabilities (Softmax)
+        """(steps, V) log-probabilities of the caption's steps, from the logits in float64: the model's float32
+        probabilities saturate (a confident word's p rounds to 1, and every drop to 0)."""
+        logits = self.session.run([self.logits], {"frames": x, "words": fed})[0]
+        return log_softmax(logits[:, 0].astype(np.float64))
 
     def saliency(self, x: np.ndarray, fed: np.ndarray, steps: list[int], words: list[int]
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -151,24 +151,48 @@ def batch(rng: np.random.Generator, size: int, frames: int, clutter: float):
     return np.stack([c.frames for c in clips]), torch.from_numpy(fed), torch.from_numpy(target), clips
 
 
-def train(model: Captioner, steps: int, seed: int, lr: float, frames: int, l1: float) -> float:
+def frame_concepts(clips, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shape and colour ids (T, B) of the object each frame of each clip shows (exactly one per frame)."""
+    shape = np.zeros((frames, len(clips)), dtype=np.int64)
+    colour = np.zeros_like(shape)
+    for b, clip in enumerate(clips):
+        for obj in clip.objects:
+            start, end = obj.segment
+            shape[start:end + 1, b] = NOUNS.index(obj.noun)
+            colour[start:end + 1, b] = list(COLOURS).index(obj.colour)
+    return torch.from_numpy(shape), torch.from_numpy(colour)
+
+
+def train(model: Captioner, steps: int, seed: int, lr: float, frames: int, l1: float, frame_aux: float = 0.0) -> float:
     """Adam (one-cycle), cross-entropy at every step on fresh batches, plus ``l1`` × the mean per-frame sum of the
     features (an L1 activity penalty: sparse features); clutter ramps from none to full over the first 30 % of the
-    steps. Returns the teacher-forced token accuracy over the last 100 batches."""
+    steps; ``frame_aux`` > 0 adds that weight × an auxiliary per-frame concept loss (a bias-free linear head on each
+    frame's features, cross-entropy on the shape and on the colour of the object the frame shows; the head is
+    training-only, not exported). Returns the teacher-forced token accuracy over the last 100 batches."""
     rng = np.random.default_rng([seed, 0])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    params = list(model.parameters())
+    head = None
+    if frame_aux > 0:
+        head = nn.Linear(FEATURES, len(NOUNS) + len(COLOURS), bias=False)
+        params += list(head.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     loss_fn = nn.CrossEntropyLoss()
     start, running = time.time(), []
     for step in range(1, steps + 1):
         clutter = min(1.0, step / (0.3 * steps))
-        video, fed, target, _ = batch(rng, BATCH, frames, clutter)
+        video, fed, target, clips = batch(rng, BATCH, frames, clutter)
         features = model.frame_features(to_input(video))
         logits = model.decode(features.mean(0), fed)
         loss = loss_fn(logits.flatten(0, 1), target.flatten()) + l1 * features.sum(2).mean()
+        if head is not None:
+            shape, colour = frame_concepts(clips, frames)
+            concept = head(features)                                     # (T, B, nouns + colours)
+            loss = loss + frame_aux * (loss_fn(concept[..., :len(NOUNS)].flatten(0, 1), shape.flatten())
+                                       + loss_fn(concept[..., len(NOUNS):].flatten(0, 1), colour.flatten()))
         opt.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         running.append(float((logits.argmax(2) == target).float().mean()))
@@ -411,6 +435,8 @@ def main() -> None:
     parser.add_argument("--train-frames", type=int, default=8, help="frames per training video (default: 8)")
     parser.add_argument("--l1", type=float, default=0.0,
                         help="weight of an L1 activity penalty on the per-frame features (default: 0, none)")
+    parser.add_argument("--frame-aux", type=float, default=0.0,
+                        help="weight of an auxiliary per-frame shape/colour classification loss (default: 0, none)")
     parser.add_argument("--test-videos", type=int, default=500)
     parser.add_argument("--save-state", type=Path, help="also save the PyTorch state dict here")
     parser.add_argument("--threads", type=int, default=1,
@@ -421,7 +447,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = Captioner()
     start = time.time()
-    train_acc = train(model, args.steps, args.seed, args.lr, args.train_frames, args.l1)
+    train_acc = train(model, args.steps, args.seed, args.lr, args.train_frames, args.l1, args.frame_aux)
     train_time = time.time() - start
     model.eval()
     if args.save_state:
