@@ -24,6 +24,7 @@ from test_torch_reference import Plain as _Plain
 from test_torch_reference import _IdentityBackward as _PassFn
 from test_torch_reference import _ProportionalAdd as _AddFn
 
+import ebr_onnx.lowering.ops as lowering_ops
 from ebr_onnx import Explainer
 from ebr_onnx.app.inspect import describe, format_report
 from ebr_onnx.core.errors import EbrError
@@ -611,3 +612,17 @@ def test_eb_matches_zennit_zplus(zoo, zennit, name):
         del model.sums
     r = Explainer(proto, dtype=np.float64).explain(x.numpy(), target=1, method="eb")
     close(r.signal, ref.numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("flip_from", [0, 10**9], ids=["every-conv-flipped", "every-conv-transposed"])
+@pytest.mark.parametrize("method", ["grad", "eb", "ceb"])
+@pytest.mark.parametrize("name", ["c3d", "r2plus1d"])
+def test_lowered_transpose_either_way(zoo, monkeypatch, name, method, flip_from):
+    """The lowered walk's fᵀ of a 3-D convolution, by a Conv on the weight flipped in the graph or by a
+    ConvTranspose (:data:`ebr_onnx.lowering.ops.FLIP_POSITIONS` picks per layer), against the reference."""
+    monkeypatch.setattr(lowering_ops, "FLIP_POSITIONS", flip_from)
+    model, x, _, proto = zoo(name, "legacy")
+    ex = Explainer(proto, dtype=np.float32)
+    r = ex.explain(x.numpy(), target=2, method=method)
+    assert ex.engine.kernels.holds("lowered")
+    close(r.signal, reference(model, proto, x, 2, method, None))

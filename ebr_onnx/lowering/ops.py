@@ -95,8 +95,7 @@ def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
         q = safe_divide(b, p, forward(x, "pos"), vanishing=True)
         return [Lowered(b.op("Mul", [x, transpose(q, "pos")]), scaled=True), None, None]
     b.minima.append((node, b.op("ReduceMin", [x], keepdims=0)))
-    zero = b.constant(np.zeros((), np.float32), "zero")
-    x_pos, x_neg = b.op("Max", [x, zero]), b.op("Min", [x, zero])
+    x_pos, x_neg = b.maximum(x, 0.0), b.minimum(x, 0.0)
     q = safe_divide(b, p, b.op("Add", [forward(x_pos, "pos"), forward(x_neg, "neg")]), vanishing=True)
     pos = b.op("Mul", [x_pos, transpose(q, "pos")])
     neg = b.op("Mul", [x_neg, transpose(q, "neg")])
