@@ -32,7 +32,7 @@ from ..core.result import ExplainResult
 from ..core.targets import cnn_scores, logits_below
 from ..explainer import Explainer
 from ..methods import RECURRENT_METHODS
-from ..methods.volume import VolumeLayout, volume_layout
+from ..methods.volume import VolumeLayout, model_input, volume_layout
 from .colour import ColourScale
 from .localize import peaks_to_frame_coords, spatial_peaks, temporal_segment
 from .outputs import Evidence, PictureWriter, atomic_path, picture_files, write_evidence, write_json, write_pictures
@@ -129,7 +129,7 @@ def ground(model: str | Path, video: str | Path | np.ndarray, out: str | Path, o
     def inputs():
         for indices, frames in clips(source, T, stride):
             x, crop = preprocess(frames, spec)
-            yield indices, frames, x if layout is None else layout.arrange(x), crop
+            yield indices, frames, model_input(layout, x), crop
 
     target = options.target
     if target is None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..core.errors import EbrError
 from ..core.graph import ModelGraph
-from ..methods.volume import volume_layout
+from ..methods.volume import model_input, volume_layout
 
 # float32(x / 255) computed in float64, as caffe.io.load_image does (skimage.img_as_float, then astype(float32)).
 _UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
@@ -191,4 +191,4 @@ def prepare(model: Any, frames: np.ndarray, preset: str | None = None, **overrid
         graph = ModelGraph(model)
     x, crop = preprocess(frames, model_preprocess(graph, preset, overrides))
     layout = volume_layout(graph, getattr(model, "input_name", None) or graph.inputs[0])
-    return (x if layout is None else layout.arrange(x)), crop
+    return model_input(layout, x), crop

@@ -30,7 +30,7 @@ import onnx
 from ..core.errors import EbrError
 from ..explainer import Explainer
 from ..methods import RECURRENT_METHODS
-from ..methods.volume import VolumeLayout, volume_layout
+from ..methods.volume import VolumeLayout, model_input, volume_layout
 from .dataset_metrics import (
     curve_area,
     deletion_insertion,
@@ -101,7 +101,7 @@ class _Model:
 
     def arrange(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed frames ``(T, C, H, W)`` as the model takes them: a 3-D CNN's one clip, else unchanged."""
-        return x if self.layout is None else self.layout.arrange(x)
+        return model_input(self.layout, x)
 
 
 _MODELS: dict[tuple, _Model] = {}

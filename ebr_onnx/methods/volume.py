@@ -88,6 +88,12 @@ def volume_layout(graph: ModelGraph, input_name: str) -> VolumeLayout | None:
     return VolumeLayout(input_name, channel, time, (height, width), tuple(declared))
 
 
+def model_input(layout: VolumeLayout | None, frames: np.ndarray) -> np.ndarray:
+    """Preprocessed frames ``(T, C, H, W)`` as the model takes them: a 3-D CNN's one clip in its ``layout``, or
+    unchanged for a model that takes frames (``layout`` None)."""
+    return frames if layout is None else layout.arrange(frames)
+
+
 def volume_fields(graph: ModelGraph, layout: VolumeLayout, shape: Sequence[int]) -> FieldTrace:
     """The receptive fields over the time and pixel axes of a clip of ``shape``."""
     return trace_fields(graph, layout.input_name, shape, (layout.time_axis, *layout.pixel_axes))
