@@ -1,6 +1,7 @@
 """Video input and output: a lazy frame source over a file, a folder of frames or an array; sampling; clips; writing.
 
-Files are decoded with PyAV (its wheels bundle ffmpeg). Frames are uint8 RGB ``(H, W, 3)`` and are decoded only as
+Files are decoded with PyAV (its wheels bundle ffmpeg), imported where a file is read or written: its libraries
+take ~16 MB of memory that explaining arrays does not need. Frames are uint8 RGB ``(H, W, 3)`` and are decoded only as
 they are consumed, so :func:`clips` holds one clip of ``T`` frames, never the whole video.
 """
 from __future__ import annotations
@@ -11,12 +12,15 @@ import math
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..core.errors import EbrError
+
+if TYPE_CHECKING:
+    import av
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -100,6 +104,8 @@ class VideoSource:
                                    f"{self.size[1]}x{self.size[0]}: all frames of a folder must have one size")
                 yield frame
         else:
+            import av
+
             with _open_container(self._path) as container:
                 try:
                     for frame in container.decode(container.streams.video[0]):
@@ -117,6 +123,8 @@ def _sampler(every: int, ratio: float | None):
 
 
 def _open_container(path: Path) -> av.container.InputContainer:
+    import av
+
     try:
         container = av.open(str(path))
     except av.FFmpegError as error:
@@ -183,6 +191,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> N
         images = [palette.crop((0, y, first.shape[1], y + h)) for y in range(0, stack.shape[0], h)]
         images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
         return
+    import av
+
     h, w = first.shape[:2]
     pad = ((0, h % 2), (0, w % 2), (0, 0))
     with av.open(str(path), "w") as container:

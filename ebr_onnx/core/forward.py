@@ -140,12 +140,40 @@ class ForwardRunner:
             return direct
         session = self._session(wanted)
         self._check_feeds(session, feeds)
+        fed = {**self.graph.fed_weights(), **feeds}
         try:
-            values = session.run(list(wanted), {**self.graph.fed_weights(), **feeds}, self._options(session))
-        except Exception as exc:
-            raise ForwardRejected(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
+            values = self._run_into_arrays(session, fed, wanted)
+        except Exception:  # an inferred shape onnxruntime does not produce: its own outputs (or its error)
+            try:
+                values = session.run(list(wanted), fed, self._options(session))
+            except Exception as exc:
+                raise ForwardRejected(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
         direct.update(zip(wanted, values))
         return direct
+
+    def _run_into_arrays(self, session, feeds: Mapping[str, np.ndarray], wanted: tuple[str, ...]
+                         ) -> list[np.ndarray]:
+        """The ``wanted`` outputs of one run, written by onnxruntime into NumPy arrays allocated here where their
+        shapes are known (onnxruntime allocates the others). Outputs taken from the session's arena would keep it
+        as large as the captures after the run (its shrink frees only what nothing uses), while the walk allocates
+        its own working set: R(2+1)D-18, ``eb`` to the input, one clip, peaked 14 MB higher and held 130 MB more
+        between calls."""
+        shapes = self.graph.concrete_shapes({k: tuple(np.shape(v)) for k, v in feeds.items()
+                                             if k in self.graph.inputs})
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        arrays: dict[str, np.ndarray] = {}
+        for name in wanted:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(self.graph.elem_types.get(name) or onnx.TensorProto.FLOAT)
+            if name in shapes and dtype.kind == "f":
+                arrays[name] = out = np.empty(shapes[name], dtype)
+                binding.bind_output(name, "cpu", 0, dtype, list(out.shape), out.ctypes.data)
+            else:
+                binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding, self._options(session))
+        allocated = binding.get_outputs()
+        return [arrays[name] if name in arrays else allocated[i].numpy() for i, name in enumerate(wanted)]
 
     def _check_feeds(self, session, feeds: Mapping[str, Any]) -> None:
         for spec in session.get_inputs():
