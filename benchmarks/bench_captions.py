@@ -16,8 +16,8 @@ teacher-forced ``models/captioner.onnx``; each of its two nouns is grounded at i
 
 Metrics per noun: the **spatial pointing game** — in every frame where the noun's object is visible, a hit when the
 map's peak (its largest value, if positive: a map with no positive value is a miss) lies within 15 px *at the
-paper's 224-px scale* (2.1 px here) of the object's box; the **temporal pointing game** — a hit when the evidence
-curve's peak frame (likewise) lies in the object's frames; and the seconds per word (wall time of the calls, this
+paper's 224-px scale* (2.1 px here) of the object's box (the edges of its pixels); the **temporal pointing game** — a
+hit when the evidence curve's peak frame (likewise) lies in the object's frames; and the seconds per word (wall time of the calls, this
 process, one onnxruntime thread). Baselines of the games: the frame centre (spatial) and a random frame (temporal:
 the object's share of the frames).
 
@@ -39,6 +39,7 @@ from ebr_onnx import EbrError, Explainer
 from ebr_onnx.app.localize import peaks_to_frame_coords, spatial_peaks
 from ebr_onnx.app.metrics import PointingGame, TemporalPointingGame
 from ebr_onnx.app.preprocess import model_preprocess, preprocess
+from ebr_onnx.app.synthetic import edge_boxes
 from ebr_onnx.app.synthetic_captions import NOUNS, make_caption_clip, teacher_inputs
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "captioner.onnx"
@@ -113,7 +114,8 @@ def score(games: dict, name: str, noun: str, maps: np.ndarray, curve: np.ndarray
     start, end = obj.segment
     seen = maps[start:end + 1]
     points = peaks_to_frame_coords(spatial_peaks(seen), maps.shape[1:], crop)
-    for point, box, peak in zip(points, obj.boxes[start:end + 1], seen.reshape(len(seen), -1).max(axis=1)):
+    boxes = edge_boxes(obj.boxes[start:end + 1])
+    for point, box, peak in zip(points, boxes, seen.reshape(len(seen), -1).max(axis=1)):
         spatial.aggregate(bool(peak > 0) and spatial.evaluate(point, box), noun)
     temporal.aggregate(bool(curve.max() > 0) and temporal.evaluate(int(np.argmax(curve)), obj.segment), noun)
 
@@ -159,7 +161,7 @@ def main() -> None:
             seconds[BASELINE].append(per_word)
             score(games, BASELINE, obj.noun, maps[k], curves[k], obj, crop)
             spatial = games["frame centre / random"][0]
-            for box in obj.boxes[obj.segment[0]:obj.segment[1] + 1]:
+            for box in edge_boxes(obj.boxes[obj.segment[0]:obj.segment[1] + 1]):
                 spatial.aggregate(spatial.evaluate((size / 2, size / 2), box), obj.noun)
             chance.append((obj.segment[1] - obj.segment[0] + 1) / args.frames)
         if (v + 1) % 10 == 0:

@@ -38,7 +38,7 @@ from ebr_onnx.app.localize import (
 from ebr_onnx.app.metrics import PointingGame, mean_average_precision
 from ebr_onnx.app.pipeline import softmax
 from ebr_onnx.app.preprocess import model_preprocess, preprocess
-from ebr_onnx.app.synthetic import CLASS_NAMES, make_clip, make_concatenated
+from ebr_onnx.app.synthetic import CLASS_NAMES, edge_boxes, make_clip, make_concatenated
 
 #: The Table 2 columns: (name, method, recurrent rule set).
 COLUMNS = (("EB-R", "ebr", "caffe"), ("cEB-R", "cebr", "caffe"), ("cEB-R exc.", "cebr", "excitation"))
@@ -94,13 +94,14 @@ def table1(ex: Explainer, spec, layer: str, clips: int, seed: int, frame_size: i
     for i in range(clips):
         clip = make_clip(seed * 7919 + i)
         x, crop = preprocess(clip.frames, spec)
+        boxes = edge_boxes(clip.boxes)
         for method in ("ebr", "cebr", "gradr"):
             maps = evidence(ex, x, clip.label, method, layer).maps
             points = peaks_to_frame_coords(spatial_peaks(maps), maps.shape[1:], crop)
-            for point, box in zip(points, clip.boxes):
+            for point, box in zip(points, boxes):
                 games[method].aggregate(games[method].evaluate(point, box))
-        centre = ((clip.frames.shape[1] - 1) / 2, (clip.frames.shape[2] - 1) / 2)
-        for box in clip.boxes:
+        centre = (clip.frames.shape[1] / 2, clip.frames.shape[2] / 2)  # pixel edges, as the boxes
+        for box in boxes:
             games["centre"].aggregate(games["centre"].evaluate(centre, box))
     return {m: g.accuracy() for m, g in games.items()}
 

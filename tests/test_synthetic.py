@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ebr_onnx.app.metrics import PointingGame
 from ebr_onnx.app.synthetic import (
     CLASS_NAMES,
     SETUPS,
+    edge_boxes,
     make_clip,
     make_concatenated,
     make_dataset,
@@ -50,6 +52,25 @@ def test_boxes_are_tight_around_the_actor(seed: int) -> None:
     for frame, (x0, y0, x1, y1) in zip(clean.frames, clean.boxes):
         rows, cols = np.nonzero(np.any(frame != grey, axis=2))
         assert (cols.min(), rows.min(), cols.max(), rows.max()) == (x0, y0, x1, y1)
+
+
+def test_edge_boxes_cover_the_boxes_pixels() -> None:
+    """In pixel edges a box spans its pixels whole: the centre of every actor pixel (c + 0.5, r + 0.5) lies inside,
+    its area is the inclusive box's pixel count, and the pointing game at 0 px tolerance hits every actor pixel;
+    boxes of frames without the object stay -1."""
+    clip = make_clip(3, label=3, clutter=0.0)
+    edges = edge_boxes(clip.boxes)
+    grey = clip.frames[0, 0, 0]
+    game = PointingGame(tolerance=0.0)
+    for frame, box, (x0, y0, x1, y1) in zip(clip.frames, edges, clip.boxes):
+        assert (box[2] - box[0]) * (box[3] - box[1]) == (x1 - x0 + 1) * (y1 - y0 + 1)
+        rows, cols = np.nonzero(np.any(frame != grey, axis=2))
+        assert all(game.evaluate((r + 0.5, c + 0.5), box) for r, c in zip(rows, cols))
+        assert not game.evaluate((rows.max() + 1.5, cols.max() + 1.5), box)
+    caption = make_caption_clip(0)
+    for obj in caption.objects:
+        hidden = (obj.boxes < 0).all(axis=1)
+        assert hidden.any() and (edge_boxes(obj.boxes)[hidden] == -1).all()
 
 
 def test_actor_keeps_its_colour_inside_the_box_under_clutter() -> None:

@@ -10,7 +10,8 @@ The classes are :data:`CLASS_NAMES`. Every frame comes with the actor's ground-t
 another class). Everything is deterministic from a seed through :func:`numpy.random.default_rng`.
 
 Boxes are ``(x0, y0, x1, y1)`` in integer pixel indices, both ends inclusive: the box is the tight bounding box of the
-actor's visible pixels (x is the column, y the row).
+actor's visible pixels (x is the column, y the row). The pointing game and dataset box files take pixel edges
+(:func:`edge_boxes`).
 """
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ class ConcatenatedClip:
     gt_segment: tuple[int, int]
     gt_class: int
     boxes: np.ndarray
+
+
+def edge_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Boxes of inclusive pixel indices (this module's, and :mod:`ebr_onnx.app.synthetic_captions`') in pixel-edge
+    coordinates, the convention of :class:`~ebr_onnx.app.metrics.PointingGame` and of dataset box files: the pixels
+    ``c0…c1`` span ``[c0, c1 + 1]``. Rows of -1 (the object not visible) stay -1."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    visible = (boxes >= 0).all(axis=-1, keepdims=True)
+    return np.where(visible, boxes + np.array([0.0, 0.0, 1.0, 1.0]), boxes)
 
 
 def _rng(seed: Seed) -> np.random.Generator:
