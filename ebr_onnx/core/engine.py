@@ -43,8 +43,6 @@ class Engine:
         #: walk of this engine reads, and the bound forward (:mod:`ebr_onnx.core.device`); None on the CPU.
         self.arrays = None if device == "cpu" else DeviceArrays(self.xp, live=live_weights)
         self.runner = ForwardRunner(graph, device, threads, arrays=self.arrays)
-        if live_weights:
-            self.runner.shares_weights = True
         self.kernels = KernelCache(threads) if device == "cpu" and not live_weights else None
         self.lowerer = lowerer if self.kernels is not None else None
         self.input_name = input_name or graph.inputs[0]

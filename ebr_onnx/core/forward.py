@@ -47,8 +47,6 @@ class ForwardRunner:
         self.threads = threads
         self.arrays = None if device == "cpu" else (arrays or DeviceArrays(array_module(device)))
         self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        #: The sessions read the weights fed on every run (the graph's arrays, or their device copies).
-        self.shares_weights = True
         self._run_options: dict[tuple[str, ...], Any] = {}
 
     @property
