@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ebr_onnx.app.demo import bundled_model
 from ebr_onnx.app.pipeline import GroundOptions, ground
-from ebr_onnx.app.synthetic import CLASS_NAMES, make_concatenated
+from ebr_onnx.app.synthetic import CLASS_NAMES, edge_boxes, make_concatenated
 from ebr_onnx.app.video import write_video
 
 FPS, FRAMES = 8.0, 32
@@ -35,8 +35,8 @@ def make_dataset(root: Path, count: int) -> Path:
         clip = make_concatenated(k, "rand+GT", frames=FRAMES, gt_length=6 + (5 * k) % 21)
         name = f"clips/v{k:04d}.mp4"
         write_video(root / name, clip.frames, FPS)
-        boxes = [{"frame": t, "x0": int(b[0]), "y0": int(b[1]), "x1": int(b[2]) + 1, "y1": int(b[3]) + 1}
-                 for t, b in enumerate(clip.boxes)]
+        boxes = [{"frame": t, "x0": int(b[0]), "y0": int(b[1]), "x1": int(b[2]), "y1": int(b[3])}
+                 for t, b in enumerate(edge_boxes(clip.boxes))]
         (root / f"{name}.boxes.json").write_text(json.dumps(boxes))
         start, end = clip.gt_segment
         rows.append({"video": name, "label": CLASS_NAMES[clip.gt_class], "start": start / FPS,

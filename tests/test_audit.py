@@ -19,7 +19,7 @@ import pytest
 
 from ebr_onnx.app.datasets import load_dataset, read_boxes
 from ebr_onnx.app.demo import BUNDLED_MODEL
-from ebr_onnx.app.synthetic import CLASS_NAMES, make_concatenated
+from ebr_onnx.app.synthetic import CLASS_NAMES, edge_boxes, make_concatenated
 from ebr_onnx.app.video import write_video
 from ebr_onnx.core.errors import EbrError
 
@@ -48,8 +48,8 @@ def make_videos(root: Path, count: int) -> list[dict]:
         clip = make_concatenated(k, "rand+GT", frames=FRAMES, gt_length=6 + (5 * k) % 21)
         name = f"clips/v{k:02d}.mp4"
         write_video(root / name, clip.frames, FPS)
-        boxes = [{"frame": t, "x0": int(b[0]), "y0": int(b[1]), "x1": int(b[2]) + 1, "y1": int(b[3]) + 1}
-                 for t, b in enumerate(clip.boxes)]
+        boxes = [{"frame": t, "x0": int(b[0]), "y0": int(b[1]), "x1": int(b[2]), "y1": int(b[3])}
+                 for t, b in enumerate(edge_boxes(clip.boxes))]
         if k == 0:
             boxes_file = f"clips/v{k:02d}.boxes.csv"
             with open(root / boxes_file, "w", newline="") as handle:
