@@ -63,8 +63,6 @@ class GraphBuilder:
         self.fed: dict[str, np.ndarray] = {}
         self._weights: dict[str, Callable[[], np.ndarray]] = {}
         self._values: dict[str, str] = {}
-        #: (node, name of its input's minimum) for linear nodes whose input may be negative.
-        self.minima: list[tuple[Node, str]] = []
         #: Whether the graph holds no batch size (every shape it states leaves axis 0 free): it then runs on any
         #: slice of examples along axis 0.
         self.per_example = True
@@ -97,6 +95,12 @@ class GraphBuilder:
             else:
                 self._values[name] = self.constant(np.asarray(ctx.graph.constant(name), dtype=np.float32), name)
         return self._values[name]
+
+    def has_negative(self, name: str) -> bool:
+        """Whether the forward activation or constant ``name`` has a negative entry (read here, as the graph is
+        built: the rules' branch between EB and its positive-contribution form, taken the same way)."""
+        ctx = self.ctx
+        return bool((np.asarray(ctx.values[name] if name in ctx.values else ctx.graph.constant(name)) < 0).any())
 
     def model_weight(self, name: str) -> str:
         """The model's weight ``name`` as an input of the graph (see :attr:`fed`)."""

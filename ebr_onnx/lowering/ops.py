@@ -21,6 +21,7 @@ from ..core.kernels import transpose_as_node
 from ..core.numeric import safe_divide
 from ..core.ops import SIGN_KEEPING_OPS
 from ..rules.elementwise import is_gate, warn_pass_through
+from ..rules.linear import warn_negative
 from ..rules.pooling import reduced_axes, window_counts
 from ..rules.routing import slices
 from .builder import GraphBuilder, Lowered, lowering
@@ -49,9 +50,10 @@ def _plain_conv(node: Node, ctx: RuleContext) -> bool:
 
 @lowering("Conv", applies=_plain_conv)
 def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list[Lowered | None]:
-    """Eq. 8 (the rule :func:`ebr_onnx.rules.linear.conv`): ``x ⊙ fᵀ(p ⊘₀ f(x, W⁺), W⁺)``; where ``x`` may be
-    negative, the positive-contribution rule ``x⁺ ⊙ fᵀ(q, W⁺) + x⁻ ⊙ fᵀ(q, W⁻)`` with ``Z = f(x⁺, W⁺) + f(x⁻, W⁻)``
-    (equal to Eq. 8 where ``x ≥ 0``; the input's minimum is returned for the warning). Gradient: ``fᵀ(p, W)``.
+    """Eq. 8 (the rule :func:`ebr_onnx.rules.linear.conv`): ``x ⊙ fᵀ(p ⊘₀ f(x, W⁺), W⁺)``; where ``x`` has negative
+    entries (read as the graph is built, as the rule does), the positive-contribution rule
+    ``x⁺ ⊙ fᵀ(q, W⁺) + x⁻ ⊙ fᵀ(q, W⁻)`` with ``Z = f(x⁺, W⁺) + f(x⁻, W⁻)``, and the rule's warning. Gradient:
+    ``fᵀ(p, W)``.
 
     A 2-D convolution's weight parts are constants of the graph, which onnxruntime reorders into its NCHWc layout (a
     computed weight cannot be: VGG-16's convolutions ran ~20 % slower). onnxruntime has no NCHWc 3-D convolution,
@@ -91,10 +93,11 @@ def conv(node: Node, b: GraphBuilder, signals: Sequence[Lowered | None]) -> list
     if ctx.mode == "grad":
         return [Lowered(transpose(p, "all")), None, None]
     x = b.value(x_name)
-    if nonnegative(ctx, x_name):
+    if nonnegative(ctx, x_name) or not b.has_negative(x_name):
         q = safe_divide(b, p, forward(x, "pos"), vanishing=True)
         return [Lowered(b.op("Mul", [x, transpose(q, "pos")]), scaled=True), None, None]
-    b.minima.append((node, b.op("ReduceMin", [x], keepdims=0)))
+    ctx.node_index = node.index
+    warn_negative(ctx, node)
     x_pos, x_neg = b.maximum(x, 0.0), b.minimum(x, 0.0)
     q = safe_divide(b, p, b.op("Add", [forward(x_pos, "pos"), forward(x_neg, "neg")]), vanishing=True)
     pos = b.op("Mul", [x_pos, transpose(q, "pos")])

@@ -11,7 +11,6 @@ from ..core.context import RuleContext
 from ..core.errors import LoweringFailed
 from ..core.graph import Node
 from ..core.propagate import propagate
-from ..rules.linear import warn_negative
 from . import ops  # noqa: F401  (registers the lowerings)
 from .builder import LOWERINGS, GraphBuilder, Lowered
 
@@ -47,7 +46,7 @@ class Lowering:
                             ctx.is_signal, lambda node, outs: LOWERINGS[(node.op_type, ctx.mode)][0](node, b, outs),
                             b.add)
         wanted = [k for k in sorted(keep) if k in signals]
-        outputs = [b.op("Identity", [signals[k].name]) for k in wanted] + [m for _, m in b.minima]
+        outputs = [b.op("Identity", [signals[k].name]) for k in wanted]
         if not wanted:
             return {}
         try:
@@ -55,20 +54,16 @@ class Lowering:
             session = ctx.kernels.latest(("lowered", tuple(n.name for n in nodes)), b.key(outputs),
                                          lambda: ctx.kernels.session(*b.model(outputs), whole=True,
                                                                      listed_order=listed))
-            values = _run_in_slices(session, outputs, b, len(wanted))
+            values = _run_in_slices(session, outputs, b)
         except Exception as exc:  # onnxruntime's errors have no common base class
             raise LoweringFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-        for (node, _), minimum in zip(b.minima, values[len(wanted):]):
-            if float(minimum) < 0:
-                ctx.node_index = node.index
-                warn_negative(ctx, node)
         return dict(zip(wanted, values))
 
 
-def _run_in_slices(session, outputs: list[str], b: GraphBuilder, signals: int) -> list[np.ndarray]:
+def _run_in_slices(session, outputs: list[str], b: GraphBuilder) -> list[np.ndarray]:
     """Run the graph on slices of the examples, each feed's slice at most :data:`SLICE_BYTES` (the graph's working
     set grows with the slice: VGG-16's walk of 8 frames peaks 0.55 GB lower one frame at a time, at the same speed,
-    and 16 frames run 15 % faster); the signals are concatenated, the minima reduced. One run where the graph is not
+    and 16 frames run 15 % faster); the signals are concatenated. One run where the graph is not
     :attr:`GraphBuilder.per_example`. The model's weights the graph reads (:attr:`GraphBuilder.fed`) go with every
     run; the session's arena is shrunk after the last run, so that it holds no buffers between walks."""
     shrink = run_options(["CPUExecutionProvider"])
@@ -84,7 +79,6 @@ def _run_in_slices(session, outputs: list[str], b: GraphBuilder, signals: int) -
     if rows >= n:
         return run(b.feeds)
     parts = [run({k: v[i:i + rows] for k, v in b.feeds.items()}, i + rows >= n) for i in range(0, n, rows)]
-    if any(np.shape(part[k])[:1] != (min(rows, n - i * rows),) for i, part in enumerate(parts) for k in range(signals)):
+    if any(np.shape(out)[:1] != (min(rows, n - i * rows),) for i, part in enumerate(parts) for out in part):
         return run(b.feeds)  # an output that is not per example: the slices do not apply
-    return ([np.concatenate([part[k] for part in parts]) for k in range(signals)]
-            + [min(part[k] for part in parts) for k in range(signals, len(outputs))])
+    return [np.concatenate([part[k] for part in parts]) for k in range(len(outputs))]
