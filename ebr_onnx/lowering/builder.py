@@ -100,7 +100,7 @@ class GraphBuilder:
         """Whether the forward activation or constant ``name`` has a negative entry (read here, as the graph is
         built: the rules' branch between EB and its positive-contribution form, taken the same way)."""
         ctx = self.ctx
-        return bool((np.asarray(ctx.values[name] if name in ctx.values else ctx.graph.constant(name)) < 0).any())
+        return ctx.has_negative(np.asarray(ctx.values[name] if name in ctx.values else ctx.graph.constant(name)))
 
     def model_weight(self, name: str) -> str:
         """The model's weight ``name`` as an input of the graph (see :attr:`fed`)."""
