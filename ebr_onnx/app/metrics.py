@@ -43,7 +43,9 @@ class PointingGame(_HitCounter):
         self.tolerance = tolerance
 
     def evaluate(self, point: Sequence[float], box: Sequence[float]) -> bool:
-        """Whether ``point`` ``(y, x)`` is within ``tolerance`` of ``box`` ``(x0, y0, x1, y1)``."""
+        """Whether ``point`` ``(y, x)`` is within ``tolerance`` of ``box`` ``(x0, y0, x1, y1)``, both in pixel-edge
+        coordinates (the box of the pixels ``c0…c1`` has ``x0 = c0``, ``x1 = c1 + 1``; the generated clips' boxes of
+        inclusive indices convert with :func:`ebr_onnx.app.synthetic.edge_boxes`)."""
         y, x = point
         x0, y0, x1, y1 = box
         dx = max(x0 - x, 0.0, x - x1)
