@@ -158,7 +158,10 @@ def main() -> None:
         else:
             print(f"{label:45s} {t:8.2f} {t / args.images:8.3f} {t / base_t:6.2f} {m:8.0f} {m / base_m:6.2f}")
     if rows[1][1] is not None:
-        print(f"floor of eb to the input (forward + EB's convolutions): {(base_t + rows[1][1]) / base_t:.2f}x ort")
+        floor = base_t + rows[1][1]
+        print(f"floor of eb to the input (forward + EB's convolutions): {floor / base_t:.2f}x ort; "
+              + ", ".join(f"{label.split(' (')[0]} {t / floor:.2f}x the floor" for label, t, _, _ in rows[4:6]
+                          if t is not None))
 
 
 if __name__ == "__main__":
