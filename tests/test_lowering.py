@@ -53,6 +53,25 @@ def test_explainer_lowered_equals_rules_with_negative_input(method, layer, make_
         assert any("'conv1'" in w for w in got.warnings)
 
 
+@pytest.mark.parametrize("low", [0.0, -1.0], ids=["input >= 0", "signed input"])
+def test_first_conv_branch_follows_the_inputs_sign(low, make_model):
+    """The input is not non-negative by construction; the lowered conv1 reads its sign as the graph is built, as
+    the rule does: an input ≥ 0 gets Eq. 8 itself (one Z and one transpose per conv: 4 convolutions in the graph),
+    a signed one the positive-contribution form (2 more at conv1) and its warning; the signals equal the rules'."""
+    model = conv_stack(make_model)
+    x = RNG.uniform(low, 1, (2, 2, 6, 6)).astype(np.float32)
+    ex, rules = Explainer(model, threads=1), Explainer(model, threads=1, lowering=False)
+    built = []
+    session = ex.engine.kernels.session
+    ex.engine.kernels.session = lambda model, weights=None, whole=False, **options: (
+        built.append(model) or session(model, weights, whole, **options))
+    got, ref = ex.explain(x, target=1, method="eb"), rules.explain(x, target=1, method="eb")
+    close(got.signal, ref.signal)
+    assert got.warnings == ref.warnings and any("'conv1'" in w for w in got.warnings) == (low < 0)
+    (graph,) = [m.graph for m in built]
+    assert sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node) == (4 if low == 0 else 6)
+
+
 def test_relu_mask_applies_to_a_seed_that_is_not_scaled(make_model, backprop):
     """A seed straight at a ReLU output, non-zero where the ReLU is off: the lowered ReLU keeps its mask."""
     model = conv_stack(make_model)
