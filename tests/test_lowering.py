@@ -163,3 +163,67 @@ def test_examples_run_in_slices(method, make_model, monkeypatch):
     ref = Explainer(model, lowering=False).explain(x, target=[0, 2, 4], method=method)
     close(got.signal, ref.signal)
     assert got.warnings == ref.warnings and len(runs) == 3
+
+
+def biased_stack(make_model):
+    """Conv (bias 0.5) → Relu ``r1`` → Conv (bias 0.2) → Relu → Flatten → MatMul (classes 3), on (N, 1, 6, 6): where
+    an input patch is all zeros, ``Z = f(x, W⁺)`` of conv1 is 0 while its ReLU is on (the bias), so a signal arrives
+    where ``⊘₀`` must guard."""
+    rng = np.random.default_rng(3)
+    inits = {"w1": rng.standard_normal((3, 1, 3, 3)).astype(np.float32), "b1": np.full(3, 0.5, np.float32),
+             "w2": rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "b2": np.full(2, 0.2, np.float32),
+             "fw": rng.standard_normal((72, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Flatten", ["r2"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fw"], ["y"], name="fc")]
+    x = rng.uniform(0.1, 1, (2, 1, 6, 6)).astype(np.float32)
+    x[..., :3] = 0  # conv1's patches at columns 0 and 1 read only zeros
+    return make_model(nodes, {"x": ["N", 1, 6, 6]}, ["y"], inits), x
+
+
+def lowered_graphs(monkeypatch) -> list:
+    """The lowered walks' graphs, as their sessions are built."""
+    from ebr_onnx.core.kernels import KernelCache
+
+    built, session = [], KernelCache.session
+
+    def record(self, model, weights=None, whole=False, **options):
+        if whole:
+            built.append(model.graph)
+        return session(self, model, weights, whole, **options)
+
+    monkeypatch.setattr(KernelCache, "session", record)
+    return built
+
+
+@pytest.mark.parametrize("method", ["eb", "ceb"])
+def test_the_bias_guard_equals_the_exact_one_where_z_is_zero(method, make_model, monkeypatch, backprop):
+    """conv1's ``Z`` is 0 under a signal (the premise is asserted): the lowered walk, whose convolutions guard ``⊘₀``
+    by a bias of 2⁻¹⁰⁰ (no ``Z == 0`` test in its graph), gives the rules' signal (float64, exact guard)."""
+    model, x = biased_stack(make_model)
+    w_pos = np.maximum(np.asarray(Explainer(model).graph.constant("w1")), 0)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    z = np.einsum("nchwij,mcij->nmhw", np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3)), w_pos)
+    upper, _ = backprop(model, {"x": x}, np.ones((2, 3)), sources=["r1"])
+    assert ((z == 0) & (upper["r1"] != 0)).any()
+    built = lowered_graphs(monkeypatch)
+    got = Explainer(model, threads=1).explain(x, target=1, method=method)
+    ref = Explainer(model, threads=1, lowering=False).explain(x, target=1, method=method)
+    close(got.signal, ref.signal)
+    assert built and not any(n.op_type == "Equal" for graph in built for n in graph.node)
+
+
+def test_a_signal_that_overflows_the_bias_guard_is_walked_again_exactly(make_model, monkeypatch, backprop):
+    """A seed of 10³⁰: ``p / 2⁻¹⁰⁰`` overflows where ``Z = 0`` and the bias-guarded walk gives NaN; the walk runs
+    again with the ``Z == 0`` tests and matches the rules (float64), with no NaN."""
+    model, x = biased_stack(make_model)
+    seed = np.full((2, 3), 1e30)
+    built = lowered_graphs(monkeypatch)
+    got, _ = backprop(model, {"x": x}, seed, lowered=True)
+    ref, _ = backprop(model, {"x": x}, seed)
+    assert np.isfinite(got["x"]).all()
+    close(got["x"], ref["x"])
+    assert [any(n.op_type == "Equal" for n in graph.node) for graph in built] == [False, True]

@@ -11,7 +11,8 @@ def safe_divide(xp: Any, numerator: Any, denominator: Any, *, overwrite: bool = 
 
     This is the release's guard (``shared/spec/caffe-reference.md`` §2.1 (b)): no epsilon, no NaN ever. ``xp`` is
     NumPy, CuPy, or the :class:`~ebr_onnx.lowering.builder.GraphBuilder` of a lowered walk, whose ``equal``,
-    ``where`` and ``divide`` emit ONNX nodes: every rule, array or lowered, divides through this one function. With
+    ``where`` and ``divide`` emit ONNX nodes: every rule, array or lowered, divides through this one function (but
+    a lowered convolution on ``x ≥ 0``, whose bias guards it: :data:`ebr_onnx.lowering.ops.GUARD`). With
     ``overwrite`` the caller gives up ``denominator`` (a temporary of its own): on NumPy the quotient is written into
     it in one pass, where the shapes and dtypes allow. With ``vanishing`` the caller guarantees that every use of the
     quotient is multiplied by 0 wherever the denominator is 0 — true of Eq. 8, ``x ⊙ fᵀ(p ⊘₀ Z, W⁺)``: where

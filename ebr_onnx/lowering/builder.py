@@ -54,8 +54,11 @@ def lowering(op_types: str | Iterable[str], modes: Iterable[str] = ("eb", "grad"
 class GraphBuilder:
     """Collects the nodes, inputs (fed arrays) and weights of a lowered walk."""
 
-    def __init__(self, ctx: RuleContext) -> None:
+    def __init__(self, ctx: RuleContext, exact: bool = False) -> None:
         self.ctx = ctx
+        #: Whether every ``⊘₀`` is guarded by ``Z == 0`` tests (else the convolutions' by a bias: see
+        #: :data:`ebr_onnx.lowering.ops.GUARD`).
+        self.exact = exact
         self.nodes: list[onnx.NodeProto] = []
         self.feeds: dict[str, np.ndarray] = {}
         #: The model's weights the graph takes as inputs, fed whole with every run from the model's own arrays

@@ -40,8 +40,17 @@ class Lowering:
     def run(self, ctx: RuleContext, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str],
             reach: set[str] | None) -> dict[str, np.ndarray]:
         """The walk of ``nodes`` from ``seeds`` (see :func:`ebr_onnx.core.walk.walk`) as one onnxruntime run; the
-        signals at the ``keep`` tensors (seeds included) that received any."""
-        b = GraphBuilder(ctx)
+        signals at the ``keep`` tensors (seeds included) that received any. A signal that is not finite (the
+        convolutions' guard overflowed: see :data:`ebr_onnx.lowering.ops.GUARD`) makes the walk run again with the
+        exact guard."""
+        signals = self._run(GraphBuilder(ctx), nodes, seeds, keep, reach)
+        if all(np.isfinite(v).all() for v in signals.values()):
+            return signals
+        return self._run(GraphBuilder(ctx, exact=True), nodes, seeds, keep, reach)
+
+    def _run(self, b: GraphBuilder, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str],
+             reach: set[str] | None) -> dict[str, np.ndarray]:
+        ctx = b.ctx
         signals = propagate(nodes, {name: Lowered(b.seed(name, s)) for name, s in seeds.items()}, keep, reach,
                             ctx.is_signal, lambda node, outs: LOWERINGS[(node.op_type, ctx.mode)][0](node, b, outs),
                             b.add)

@@ -32,7 +32,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from ..core.errors import EbrError
 from ..core.graph import ModelGraph
@@ -197,6 +196,9 @@ class _Folder:
         elif any(a.type in _GRAPH_ATTRS for a in node.attribute):
             raise _NotKnown(f"it comes from the subgraph of node {node.name!r}")
         else:
+            # imported here, not with this module: it holds 12 MB, and only models with a Loop or Scan fold values
+            from onnx.reference import ReferenceEvaluator
+
             feeds = {t: self.fold(t) for t in node.input if t}
             result = ReferenceEvaluator(node, opsets=self.opsets).run(None, feeds)
         for o, v in zip(node.output, result):
