@@ -1,9 +1,11 @@
 """Benchmark: EB / cEB on VGG-16 (random weights, 224×224) against onnxruntime's forward, PyTorch and torchray.
 
 Prints one table; every row runs in its own subprocess, so its peak memory (max RSS) is its own. Ratios are computed
-against onnxruntime's plain forward measured in the same run (these machines are noisy: compare within a run).
+against onnxruntime's plain forward measured in the same run. On a machine shared with other jobs rows measured
+minutes apart see different loads: one more child times every row in turn, ``--rounds`` rounds, best of each (the
+``in turn`` column), which is the ratio to trust there.
 
-    python benchmarks/bench_cnn.py [--images 8] [--repeats 2] [--threads 2]
+    python benchmarks/bench_cnn.py [--images 8] [--repeats 2] [--rounds 3] [--threads 2]
 
 Needs the ``dev`` extra (torch==2.13.0, onnxscript). The torchray row needs ``pip install --no-deps torchray``
 (torchray is CC BY-NC: a benchmark oracle only, never a dependency).
@@ -13,10 +15,21 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import build_in_child, child, measure, parser, run_child, shared_case  # noqa: E402
+from common import (  # noqa: E402
+    build_in_child,
+    child,
+    interleaved,
+    measure,
+    parser,
+    print_rows,
+    run_child,
+    run_json_child,
+    shared_case,
+)
 
 CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 CONV5_1 = "conv5_1"
@@ -68,21 +81,21 @@ def _rename_conv5_1(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> dict:
-    """One measurement (in this process): best-of-``repeats`` wall time and peak RSS."""
+def make_case(case: str, model: str, images: int, threads: int) -> Callable[[], object]:
+    """The function one row times."""
     import numpy as np
 
     x = np.random.default_rng(1).random((images, 3, 224, 224), dtype=np.float32)
     fn = shared_case(case, model, {"data": x}, threads)
     if fn is not None:
-        return measure(case, fn, repeats)
+        return fn
     if case.startswith(("eb", "ceb")):
         from ebr_onnx import Explainer
 
         method, layer = case.split(":")
         ex = Explainer(model, threads=threads, batch_size=images)
-        fn = lambda: ex.explain(x, target=7, method=method, layer=None if layer == "input" else layer)  # noqa: E731
-    elif case.startswith("torch"):
+        return lambda: ex.explain(x, target=7, method=method, layer=None if layer == "input" else layer)
+    if case.startswith("torch"):
         import torch
 
         torch.set_num_threads(threads)
@@ -91,16 +104,23 @@ def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> 
             def fn():
                 xt = torch.from_numpy(x).requires_grad_(True)
                 net(xt)[:, 7].sum().backward()
-        else:
-            # torchray imports torchvision.models.resnet at import time: the tests' stub stands in for torchvision
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "stubs"))
-            from torchray.attribution.excitation_backprop import excitation_backprop
 
-            def fn():
-                excitation_backprop(net, torch.from_numpy(x), 7, saliency_layer="features.0")
-    else:
-        raise SystemExit(f"unknown case {case}")
-    return measure(case, fn, repeats)
+            return fn
+        # torchray imports torchvision.models.resnet at import time: the tests' stub stands in for torchvision
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "stubs"))
+        from torchray.attribution.excitation_backprop import excitation_backprop
+
+        return lambda: excitation_backprop(net, torch.from_numpy(x), 7, saliency_layer="features.0")
+    raise SystemExit(f"unknown case {case}")
+
+
+def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> dict:
+    """One measurement (in this process): best-of-``repeats`` wall time and peak RSS; the ``interleaved`` case
+    times every row but torchray's in turn, ``repeats`` rounds (:func:`common.interleaved`)."""
+    if case == "interleaved":
+        fns = {name: make_case(name, model, images, threads) for name, _ in CASES if name != "torchray"}
+        return {"case": case, "seconds": interleaved(fns, repeats)}
+    return measure(case, make_case(case, model, images, threads), repeats)
 
 
 def _torch_model(model: str):
@@ -137,6 +157,7 @@ CASES = [
 def main() -> None:
     options = parser(__doc__)
     options.add_argument("--images", type=int, default=8)
+    options.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timing (default: 3)")
     args = options.parse_args()
     if child(args, lambda path: build_vgg16(Path(path)),
              lambda: run_case(args.case, args.model, args.images, args.repeats, args.threads)):
@@ -144,24 +165,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "vgg16.onnx"
         build_in_child(__file__, str(model))
+        common = ["--model", str(model), "--images", str(args.images), "--threads", str(args.threads)]
         rows = []
         for case, label in CASES:
-            t, m, note = run_child(__file__, ["--case", case, "--model", str(model), "--images", str(args.images),
-                                              "--repeats", str(args.repeats), "--threads", str(args.threads)])
-            rows.append((label, t, m, note))
-    base_t, base_m = rows[0][1], rows[0][2]
-    print(f"VGG-16, {args.images} images 224x224, {args.threads} threads, best of {args.repeats}")
-    print(f"{'what':45s} {'s':>8s} {'s/frame':>8s} {'x ort':>6s} {'peak MB':>8s} {'x ort':>6s}")
-    for label, t, m, note in rows:
-        if t is None:
-            print(f"{label:45s} {'-':>8s} {'-':>8s} {'-':>6s} {'-':>8s} {'-':>6s}  ({note})")
-        else:
-            print(f"{label:45s} {t:8.2f} {t / args.images:8.3f} {t / base_t:6.2f} {m:8.0f} {m / base_m:6.2f}")
-    if rows[1][1] is not None:
-        floor = base_t + rows[1][1]
-        print(f"floor of eb to the input (forward + EB's convolutions): {floor / base_t:.2f}x ort; "
-              + ", ".join(f"{label.split(' (')[0]} {t / floor:.2f}x the floor" for label, t, _, _ in rows[4:6]
-                          if t is not None))
+            t, m, note = run_child(__file__, ["--case", case, *common, "--repeats", str(args.repeats)])
+            rows.append((case, label, t, m, note))
+        turns = run_json_child(__file__, ["--case", "interleaved", *common, "--repeats", str(args.rounds)])
+    print(f"VGG-16, {args.images} images 224x224, {args.threads} threads; each row in its own process, best of "
+          f"{args.repeats}; last column: all rows but torchray's timed in turn in one process, best of {args.rounds} "
+          "rounds")
+    print_rows(rows, turns["seconds"] if turns else {}, args.images, "frame")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     interleaved,
     measure,
     parser,
+    print_rows,
     run_child,
     run_json_child,
     shared_case,
@@ -185,28 +186,10 @@ def main() -> None:
             t, m, note = run_child(__file__, ["--case", case, *common, "--repeats", str(args.repeats)])
             rows.append((case, label, t, m, note))
         turns = run_json_child(__file__, ["--case", "interleaved", *common, "--repeats", str(args.rounds)])
-    turns = turns["seconds"] if turns else {}
-    base_t, base_m = rows[0][2], rows[0][3]
     print(f"R(2+1)D-18, {args.clips} clip(s) of {args.frames} frames 112x112, {args.threads} threads; each row in "
           f"its own process, best of {args.repeats}; last column: all rows timed in turn in one process, best of "
           f"{args.rounds} rounds")
-    print(f"{'what':45s} {'s':>8s} {'s/clip':>8s} {'x ort':>6s} {'peak MB':>8s} {'x ort':>6s} {'in turn':>8s}")
-    for case, label, t, m, note in rows:
-        turn = f"{turns[case] / turns['ort']:8.2f}" if case in turns else f"{'-':>8s}"
-        if t is None:
-            print(f"{label:45s} {'-':>8s} {'-':>8s} {'-':>6s} {'-':>8s} {'-':>6s} {turn}  ({note})")
-        else:
-            print(f"{label:45s} {t:8.2f} {t / args.clips:8.3f} {t / base_t:6.2f} {m:8.0f} {m / base_m:6.2f} {turn}")
-    for what, times in (("own processes", {case: t for case, _, t, _, _ in rows}), ("in turn", turns)):
-        if all(times.get(k) is not None for k in ("ort", "floor", "eb:input", "ceb:input")):
-            floor = times["ort"] + times["floor"]
-            eb, ceb = times["eb:input"] / floor, times["ceb:input"] / floor
-            line = (f"{what}: floor of eb to the input (forward + EB's convolutions) {floor / times['ort']:.2f}x ort; "
-                    f"eb to the input {eb:.2f}x the floor, ceb {ceb:.2f}x")
-            if times.get("torch") is not None:
-                line += f"; PyTorch forward+backward takes {times['torch'] / times['eb:input']:.2f}x eb's time"
-            print(line)
-
+    print_rows(rows, turns["seconds"] if turns else {}, args.clips, "clip")
 
 if __name__ == "__main__":
     main()

@@ -156,3 +156,27 @@ def child(args: argparse.Namespace, build: Callable[[str], None], run: Callable[
     elif args.case:
         print(json.dumps(run()))
     return bool(args.case)
+
+
+def print_rows(rows: list[tuple[str, str, float | None, float | None, str]], turns: dict[str, float], count: int,
+               unit: str) -> None:
+    """The table of a CNN benchmark: each row's (case, label, seconds, peak MB, note) from its own process, its ratio
+    to the first row (onnxruntime's forward), and the ``in turn`` column (:func:`interleaved`: every row timed in
+    one process, ``turns`` by case); then the floor of EB to the input (forward + EB's convolutions, the rows ``ort``
+    and ``floor``) and the ``eb``/``ceb`` rows to the input against it, both ways, and PyTorch's row against ``eb``'s."""
+    base_t, base_m = rows[0][2], rows[0][3]
+    print(f"{'what':45s} {'s':>8s} {f's/{unit}':>8s} {'x ort':>6s} {'peak MB':>8s} {'x ort':>6s} {'in turn':>8s}")
+    for case, label, t, m, note in rows:
+        turn = f"{turns[case] / turns['ort']:8.2f}" if case in turns and "ort" in turns else f"{'-':>8s}"
+        if t is None:
+            print(f"{label:45s} {'-':>8s} {'-':>8s} {'-':>6s} {'-':>8s} {'-':>6s} {turn}  ({note})")
+        else:
+            print(f"{label:45s} {t:8.2f} {t / count:8.3f} {ratio(t, base_t)} {m:8.0f} {ratio(m, base_m)} {turn}")
+    for what, times in (("own processes", {case: t for case, _, t, _, _ in rows}), ("in turn", turns)):
+        if all(times.get(k) is not None for k in ("ort", "floor", "eb:input", "ceb:input")):
+            floor = times["ort"] + times["floor"]
+            line = (f"{what}: floor of eb to the input (forward + EB's convolutions) {floor / times['ort']:.2f}x ort; "
+                    f"eb to the input {times['eb:input'] / floor:.2f}x the floor, ceb {times['ceb:input'] / floor:.2f}x")
+            if times.get("torch") is not None:
+                line += f"; PyTorch forward+backward takes {times['torch'] / times['eb:input']:.2f}x eb's time"
+            print(line)
