@@ -19,17 +19,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (  # noqa: E402
-    build_in_child,
-    child,
-    interleaved,
-    measure,
-    parser,
-    print_rows,
-    run_child,
-    run_json_child,
-    shared_case,
-)
+from common import build_in_child, child, measure_case, measure_rows, parser, print_rows, shared_case  # noqa: E402
 
 CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 CONV5_1 = "conv5_1"
@@ -114,15 +104,6 @@ def make_case(case: str, model: str, images: int, threads: int) -> Callable[[], 
     raise SystemExit(f"unknown case {case}")
 
 
-def run_case(case: str, model: str, images: int, repeats: int, threads: int) -> dict:
-    """One measurement (in this process): best-of-``repeats`` wall time and peak RSS; the ``interleaved`` case
-    times every row but torchray's in turn, ``repeats`` rounds (:func:`common.interleaved`)."""
-    if case == "interleaved":
-        fns = {name: make_case(name, model, images, threads) for name, _ in CASES if name != "torchray"}
-        return {"case": case, "seconds": interleaved(fns, repeats)}
-    return measure(case, make_case(case, model, images, threads), repeats)
-
-
 def _torch_model(model: str):
     import torch
     import torch.nn as nn
@@ -160,21 +141,18 @@ def main() -> None:
     options.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timing (default: 3)")
     args = options.parse_args()
     if child(args, lambda path: build_vgg16(Path(path)),
-             lambda: run_case(args.case, args.model, args.images, args.repeats, args.threads)):
+             lambda: measure_case(args.case, lambda case: make_case(case, args.model, args.images, args.threads),
+                                  [c for c, _ in CASES if c != "torchray"], args.repeats)):
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "vgg16.onnx"
         build_in_child(__file__, str(model))
         common = ["--model", str(model), "--images", str(args.images), "--threads", str(args.threads)]
-        rows = []
-        for case, label in CASES:
-            t, m, note = run_child(__file__, ["--case", case, *common, "--repeats", str(args.repeats)])
-            rows.append((case, label, t, m, note))
-        turns = run_json_child(__file__, ["--case", "interleaved", *common, "--repeats", str(args.rounds)])
+        rows, turns = measure_rows(__file__, CASES, common, args.repeats, args.rounds)
     print(f"VGG-16, {args.images} images 224x224, {args.threads} threads; each row in its own process, best of "
           f"{args.repeats}; last column: all rows but torchray's timed in turn in one process, best of {args.rounds} "
           "rounds")
-    print_rows(rows, turns["seconds"] if turns else {}, args.images, "frame")
+    print_rows(rows, turns, args.images, "frame")
 
 
 if __name__ == "__main__":

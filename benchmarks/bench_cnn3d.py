@@ -25,17 +25,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (  # noqa: E402
-    build_in_child,
-    child,
-    interleaved,
-    measure,
-    parser,
-    print_rows,
-    run_child,
-    run_json_child,
-    shared_case,
-)
+from common import build_in_child, child, measure_case, measure_rows, parser, print_rows, shared_case  # noqa: E402
 
 MIDDLE = "layer2"
 CLASSES = 400
@@ -147,15 +137,6 @@ def make_case(case: str, model: str, clips: int, frames: int, threads: int) -> C
     raise SystemExit(f"unknown case {case}")
 
 
-def run_case(case: str, model: str, clips: int, frames: int, repeats: int, threads: int) -> dict:
-    """One measurement (in this process): best-of-``repeats`` wall time and peak RSS; the ``interleaved`` case
-    times every row in turn, ``repeats`` rounds (:func:`common.interleaved`)."""
-    if case == "interleaved":
-        fns = {name: make_case(name, model, clips, frames, threads) for name, _ in CASES}
-        return {"case": case, "seconds": interleaved(fns, repeats)}
-    return measure(case, make_case(case, model, clips, frames, threads), repeats)
-
-
 CASES = [
     ("ort", "onnxruntime forward"),
     ("floor", "EB's 2 convolutions per layer alone"),
@@ -173,23 +154,22 @@ def main() -> None:
     options.add_argument("--frames", type=int, default=16)
     options.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timing (default: 3)")
     args = options.parse_args()
+    def make(case: str) -> Callable[[], object]:
+        return make_case(case, args.model, args.clips, args.frames, args.threads)
+
     if child(args, lambda path: build(Path(path), args.frames),
-             lambda: run_case(args.case, args.model, args.clips, args.frames, args.repeats, args.threads)):
+             lambda: measure_case(args.case, make, [c for c, _ in CASES], args.repeats)):
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "r2plus1d_18.onnx"
         build_in_child(__file__, str(model), ["--frames", str(args.frames)])
         common = ["--model", str(model), "--clips", str(args.clips), "--frames", str(args.frames), "--threads",
                   str(args.threads)]
-        rows = []
-        for case, label in CASES:
-            t, m, note = run_child(__file__, ["--case", case, *common, "--repeats", str(args.repeats)])
-            rows.append((case, label, t, m, note))
-        turns = run_json_child(__file__, ["--case", "interleaved", *common, "--repeats", str(args.rounds)])
+        rows, turns = measure_rows(__file__, CASES, common, args.repeats, args.rounds)
     print(f"R(2+1)D-18, {args.clips} clip(s) of {args.frames} frames 112x112, {args.threads} threads; each row in "
           f"its own process, best of {args.repeats}; last column: all rows timed in turn in one process, best of "
           f"{args.rounds} rounds")
-    print_rows(rows, turns["seconds"] if turns else {}, args.clips, "clip")
+    print_rows(rows, turns, args.clips, "clip")
 
 if __name__ == "__main__":
     main()

@@ -158,12 +158,33 @@ def child(args: argparse.Namespace, build: Callable[[str], None], run: Callable[
     return bool(args.case)
 
 
+def measure_case(case: str, make: Callable[[str], Callable[[], object]], names: list[str], repeats: int) -> dict:
+    """A child's measurement: ``make(case)``'s best-of-``repeats`` time and this process's peak (:func:`measure`);
+    the case ``interleaved`` times every one of ``names`` in turn, ``repeats`` rounds (:func:`interleaved`)."""
+    if case == "interleaved":
+        return {"case": case, "seconds": interleaved({name: make(name) for name in names}, repeats)}
+    return measure(case, make(case), repeats)
+
+
+def measure_rows(script: str, cases: list[tuple[str, str]], args: list[str], repeats: int, rounds: int
+                 ) -> tuple[list[tuple[str, str, float | None, float | None, str]], dict[str, float]]:
+    """Each (case, label) of ``cases`` in its own child process of ``script`` (best of ``repeats``), then all in
+    turn in one more child (``rounds`` rounds): the rows :func:`print_rows` takes, and the in-turn times by case."""
+    rows = []
+    for case, label in cases:
+        t, m, note = run_child(script, ["--case", case, *args, "--repeats", str(repeats)])
+        rows.append((case, label, t, m, note))
+    turns = run_json_child(script, ["--case", "interleaved", *args, "--repeats", str(rounds)])
+    return rows, turns["seconds"] if turns else {}
+
+
 def print_rows(rows: list[tuple[str, str, float | None, float | None, str]], turns: dict[str, float], count: int,
                unit: str) -> None:
     """The table of a CNN benchmark: each row's (case, label, seconds, peak MB, note) from its own process, its ratio
     to the first row (onnxruntime's forward), and the ``in turn`` column (:func:`interleaved`: every row timed in
     one process, ``turns`` by case); then the floor of EB to the input (forward + EB's convolutions, the rows ``ort``
-    and ``floor``) and the ``eb``/``ceb`` rows to the input against it, both ways, and PyTorch's row against ``eb``'s."""
+    and ``floor``) and the ``eb``/``ceb`` rows to the input against it, both ways, and PyTorch's row against
+    ``eb``'s."""
     base_t, base_m = rows[0][2], rows[0][3]
     print(f"{'what':45s} {'s':>8s} {f's/{unit}':>8s} {'x ort':>6s} {'peak MB':>8s} {'x ort':>6s} {'in turn':>8s}")
     for case, label, t, m, note in rows:
@@ -175,8 +196,9 @@ def print_rows(rows: list[tuple[str, str, float | None, float | None, str]], tur
     for what, times in (("own processes", {case: t for case, _, t, _, _ in rows}), ("in turn", turns)):
         if all(times.get(k) is not None for k in ("ort", "floor", "eb:input", "ceb:input")):
             floor = times["ort"] + times["floor"]
+            eb, ceb = times["eb:input"] / floor, times["ceb:input"] / floor
             line = (f"{what}: floor of eb to the input (forward + EB's convolutions) {floor / times['ort']:.2f}x ort; "
-                    f"eb to the input {times['eb:input'] / floor:.2f}x the floor, ceb {times['ceb:input'] / floor:.2f}x")
+                    f"eb to the input {eb:.2f}x the floor, ceb {ceb:.2f}x")
             if times.get("torch") is not None:
                 line += f"; PyTorch forward+backward takes {times['torch'] / times['eb:input']:.2f}x eb's time"
             print(line)
