@@ -227,3 +227,18 @@ def test_a_signal_that_overflows_the_bias_guard_is_walked_again_exactly(make_mod
     assert np.isfinite(got["x"]).all()
     close(got["x"], ref["x"])
     assert [any(n.op_type == "Equal" for n in graph.node) for graph in built] == [False, True]
+
+
+def test_a_walk_that_overflowed_the_bias_guard_keeps_the_exact_one(make_model, monkeypatch):
+    """An explainer whose prior overflows the bias guard: the first call builds both graphs, later calls only the
+    exact one; every call matches the rules."""
+    model, x = biased_stack(make_model)
+    prior = np.asarray([1e30, -1e30, 2e30])
+    built = lowered_graphs(monkeypatch)
+    ex, rules = Explainer(model, threads=1), Explainer(model, threads=1, lowering=False)
+    ref = rules.explain(x, method="ceb", prior=prior).signal
+    for _ in range(2):
+        got = ex.explain(x, method="ceb", prior=prior).signal
+        assert np.isfinite(got).all()
+        close(got, ref)
+    assert [any(n.op_type == "Equal" for n in graph.node) for graph in built] == [False, True]

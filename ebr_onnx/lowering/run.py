@@ -26,6 +26,11 @@ def _lowerable(node: Node, ctx: RuleContext) -> bool:
 class Lowering:
     """The :class:`~ebr_onnx.core.context.Lowerer` of CPU walks in float32."""
 
+    def __init__(self) -> None:
+        #: The walks (their nodes' names) whose bias-guarded graph gave a signal that is not finite: they run with
+        #: the exact guard from then on (one graph built per call, not two, for a caller whose signals overflow it).
+        self._exact: set[tuple[str, ...]] = set()
+
     def split(self, ctx: RuleContext, nodes: list[Node]) -> tuple[list[Node], list[Node]]:
         """(the bottom run of ``nodes`` to lower, the rest), in topological order. Nothing is lowered off the CPU, in
         other dtypes, or under rule overrides (the recurrent rule sets)."""
@@ -42,10 +47,13 @@ class Lowering:
         """The walk of ``nodes`` from ``seeds`` (see :func:`ebr_onnx.core.walk.walk`) as one onnxruntime run; the
         signals at the ``keep`` tensors (seeds included) that received any. A signal that is not finite (the
         convolutions' guard overflowed: see :data:`ebr_onnx.lowering.ops.GUARD`) makes the walk run again with the
-        exact guard."""
-        signals = self._run(GraphBuilder(ctx), nodes, seeds, keep, reach)
-        if all(np.isfinite(v).all() for v in signals.values()):
-            return signals
+        exact guard, for this call and every later one."""
+        walk = tuple(n.name for n in nodes)
+        if walk not in self._exact:
+            signals = self._run(GraphBuilder(ctx), nodes, seeds, keep, reach)
+            if all(np.isfinite(v).all() for v in signals.values()):
+                return signals
+            self._exact.add(walk)
         return self._run(GraphBuilder(ctx, exact=True), nodes, seeds, keep, reach)
 
     def _run(self, b: GraphBuilder, nodes: list[Node], seeds: Mapping[str, Any], keep: set[str],
