@@ -140,9 +140,12 @@ def main() -> None:
     options.add_argument("--images", type=int, default=8)
     options.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timing (default: 3)")
     args = options.parse_args()
+
+    def make(case: str) -> Callable[[], object]:
+        return make_case(case, args.model, args.images, args.threads)
+
     if child(args, lambda path: build_vgg16(Path(path)),
-             lambda: measure_case(args.case, lambda case: make_case(case, args.model, args.images, args.threads),
-                                  [c for c, _ in CASES if c != "torchray"], args.repeats)):
+             lambda: measure_case(args.case, make, [c for c, _ in CASES if c != "torchray"], args.repeats)):
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "vgg16.onnx"

@@ -154,6 +154,7 @@ def main() -> None:
     options.add_argument("--frames", type=int, default=16)
     options.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timing (default: 3)")
     args = options.parse_args()
+
     def make(case: str) -> Callable[[], object]:
         return make_case(case, args.model, args.clips, args.frames, args.threads)
 

@@ -53,22 +53,34 @@ def test_explainer_lowered_equals_rules_with_negative_input(method, layer, make_
         assert any("'conv1'" in w for w in got.warnings)
 
 
+def lowered_graphs(monkeypatch) -> list:
+    """The lowered walks' graphs, as their sessions are built."""
+    from ebr_onnx.core.kernels import KernelCache
+
+    built, session = [], KernelCache.session
+
+    def record(self, model, weights=None, whole=False, **options):
+        if whole:
+            built.append(model.graph)
+        return session(self, model, weights, whole, **options)
+
+    monkeypatch.setattr(KernelCache, "session", record)
+    return built
+
+
 @pytest.mark.parametrize("low", [0.0, -1.0], ids=["input >= 0", "signed input"])
-def test_first_conv_branch_follows_the_inputs_sign(low, make_model):
+def test_first_conv_branch_follows_the_inputs_sign(low, make_model, monkeypatch):
     """The input is not non-negative by construction; the lowered conv1 reads its sign as the graph is built, as
     the rule does: an input ≥ 0 gets Eq. 8 itself (one Z and one transpose per conv: 4 convolutions in the graph),
     a signed one the positive-contribution form (2 more at conv1) and its warning; the signals equal the rules'."""
     model = conv_stack(make_model)
     x = RNG.uniform(low, 1, (2, 2, 6, 6)).astype(np.float32)
     ex, rules = Explainer(model, threads=1), Explainer(model, threads=1, lowering=False)
-    built = []
-    session = ex.engine.kernels.session
-    ex.engine.kernels.session = lambda model, weights=None, whole=False, **options: (
-        built.append(model) or session(model, weights, whole, **options))
+    built = lowered_graphs(monkeypatch)
     got, ref = ex.explain(x, target=1, method="eb"), rules.explain(x, target=1, method="eb")
     close(got.signal, ref.signal)
     assert got.warnings == ref.warnings and any("'conv1'" in w for w in got.warnings) == (low < 0)
-    (graph,) = [m.graph for m in built]
+    (graph,) = built
     assert sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node) == (4 if low == 0 else 6)
 
 
@@ -105,19 +117,16 @@ def test_recurrent_methods_cnn_part(method, layer, clip_input):
     assert lowered.engine.kernels.holds("lowered")
 
 
-def test_one_session_serves_every_chunk_size(make_model):
+def test_one_session_serves_every_chunk_size(make_model, monkeypatch):
     """Chunks of 2 and 1 examples, then other inputs: the lowered graph is built once (it holds no batch size)."""
     model = conv_stack(make_model)
     ex, rules = Explainer(model, batch_size=2, threads=1), Explainer(model, lowering=False)
-    built = []
-    session = ex.engine.kernels.session
-    ex.engine.kernels.session = lambda model, weights=None, whole=False, **options: (
-        built.append(whole) or session(model, weights, whole, **options))
+    built = lowered_graphs(monkeypatch)
     for seed in range(2):
         x = np.random.default_rng(seed).uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
         ref = rules.explain(x, target=1, method="eb")
         close(ex.explain(x, target=1, method="eb").signal, ref.signal)
-    assert built.count(True) == 1
+    assert len(built) == 1
 
 
 def test_a_graph_onnxruntime_refuses_falls_back_to_the_rules(make_model):
@@ -182,21 +191,6 @@ def biased_stack(make_model):
     x = rng.uniform(0.1, 1, (2, 1, 6, 6)).astype(np.float32)
     x[..., :3] = 0  # conv1's patches at columns 0 and 1 read only zeros
     return make_model(nodes, {"x": ["N", 1, 6, 6]}, ["y"], inits), x
-
-
-def lowered_graphs(monkeypatch) -> list:
-    """The lowered walks' graphs, as their sessions are built."""
-    from ebr_onnx.core.kernels import KernelCache
-
-    built, session = [], KernelCache.session
-
-    def record(self, model, weights=None, whole=False, **options):
-        if whole:
-            built.append(model.graph)
-        return session(self, model, weights, whole, **options)
-
-    monkeypatch.setattr(KernelCache, "session", record)
-    return built
 
 
 @pytest.mark.parametrize("method", ["eb", "ceb"])
